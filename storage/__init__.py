@@ -1,0 +1,23 @@
+"""Storage: everything leida-chat keeps, and the waking of held requests.
+
+``ChatStore`` is the only entry point; handlers never see SQL.
+"""
+from .records import (
+    FROM_CUSTOMER,
+    FROM_RADAR_USER,
+    Contact,
+    Customer,
+    HistoryPage,
+    Message,
+    RadarUser,
+    SendReceipt,
+)
+from .store import ChatStore, Side, local_timestamp
+from .waiters import WaitKey, Waiters, conversation_key, inbox_key
+from .writer import WriterClosed
+
+__all__ = [
+    "FROM_CUSTOMER", "FROM_RADAR_USER", "ChatStore", "Contact", "Customer", "HistoryPage",
+    "Message", "RadarUser", "SendReceipt", "Side", "WaitKey", "Waiters", "WriterClosed",
+    "conversation_key", "inbox_key", "local_timestamp",
+]

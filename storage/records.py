@@ -1,0 +1,90 @@
+"""What storage hands back: plain records, free of SQL and of HTTP."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: send_type values, as the original API numbers them.
+FROM_RADAR_USER = 1
+FROM_CUSTOMER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    id: int
+    username: str
+    headimgurl: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RadarUser:
+    id: int
+    username: str
+    avatar: str
+    mingpian_avatar: str
+    mingpian_phone: str
+    wechat: str
+    wechat_phone: str
+    token: str
+
+    @property
+    def card_avatar(self) -> str:
+        """The photo on the business card, which is what customers see."""
+        return self.mingpian_avatar or self.avatar
+
+    @property
+    def card_phone(self) -> str:
+        return self.mingpian_phone or self.wechat_phone
+
+    @property
+    def wechat_id(self) -> str:
+        return self.wechat or self.wechat_phone
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored message with what every rendering of it needs.
+
+    The customer's name and avatar and the radar user's card avatar come
+    joined in, so that a page of messages renders without further lookups.
+    """
+
+    id: int
+    customer_id: int
+    user_id: int
+    send_type: int
+    content: dict[str, Any]
+    created_at: str
+    is_first_info: bool
+    read_by_customer: bool
+    customer_name: str
+    customer_headimgurl: str
+    user_avatar: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendReceipt:
+    """What the sender is told once its message is durable."""
+
+    id: int
+    created_at: str
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One conversation as the radar user's contact list shows it."""
+
+    customer_id: int
+    customer_name: str
+    customer_headimgurl: str
+    unread_count: int
+    last_message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    messages: list[Message]
+    total: int
+    newest_id: int

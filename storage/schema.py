@@ -1,0 +1,89 @@
+"""The database schema and its migrations.
+
+The schema version lives in ``PRAGMA user_version`` so that a database made by
+an older release is brought forward at start, one numbered step at a time, and
+a database from a newer release is refused instead of being misread.
+
+Conversations are keyed by (customer_id, user_id) and carry each side's read
+position: a message is read by a side when its id is at or below that side's
+position. ``last_customer_message_id`` lets unread scans skip conversations
+with nothing new for the radar user without touching the message table.
+"""
+from __future__ import annotations
+
+import aiosqlite
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE radar_user (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL,
+        avatar TEXT NOT NULL DEFAULT '',
+        mingpian_avatar TEXT NOT NULL DEFAULT '',
+        mingpian_phone TEXT NOT NULL DEFAULT '',
+        wechat TEXT NOT NULL DEFAULT '',
+        wechat_phone TEXT NOT NULL DEFAULT '',
+        token TEXT NOT NULL
+    );
+    CREATE TABLE customer (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL,
+        headimgurl TEXT NOT NULL DEFAULT '',
+        token TEXT NOT NULL
+    );
+    CREATE TABLE conversation (
+        customer_id INTEGER NOT NULL REFERENCES customer(id),
+        user_id INTEGER NOT NULL REFERENCES radar_user(id),
+        first_message_id INTEGER NOT NULL,
+        last_message_id INTEGER NOT NULL,
+        last_customer_message_id INTEGER NOT NULL DEFAULT 0,
+        customer_read_id INTEGER NOT NULL DEFAULT 0,
+        user_read_id INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (customer_id, user_id)
+    ) WITHOUT ROWID;
+    -- contact list (most recent first) and the radar user's inbox scans
+    CREATE INDEX conversation_by_user_activity ON conversation (user_id, last_message_id);
+    CREATE TABLE message (
+        id INTEGER PRIMARY KEY,
+        customer_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        send_type INTEGER NOT NULL CHECK (send_type IN (1, 2)),
+        content TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    -- one conversation's messages in id order: getmsg, history, unread counts
+    CREATE INDEX message_by_conversation ON message (customer_id, user_id, id);
+    -- a radar user's whole inbox after a resume cursor
+    CREATE INDEX message_by_user ON message (user_id, id);
+    -- idempotent sends: (sender side, sender id, client key) -> message
+    CREATE TABLE client_message (
+        send_type INTEGER NOT NULL,
+        sender_id INTEGER NOT NULL,
+        client_msg_id TEXT NOT NULL,
+        message_id INTEGER NOT NULL REFERENCES message(id),
+        PRIMARY KEY (send_type, sender_id, client_msg_id)
+    ) WITHOUT ROWID;
+    """,
+}
+
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer leida-chat than this one."""
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION; each step commits on its own."""
+    async with conn.execute("PRAGMA user_version") as cursor:
+        (version,) = await cursor.fetchone()
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
+        )
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        # executescript commits first; the whole step then runs in one transaction.
+        await conn.executescript(
+            f"BEGIN IMMEDIATE;\n{MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;"
+        )
+    return SCHEMA_VERSION

@@ -1,0 +1,412 @@
+"""ChatStore: accounts, conversations, messages and read positions in SQLite.
+
+Reads go through their own connection and never queue behind the writer
+(WAL lets them see every committed change without taking the write lock).
+Every change goes through the single ``Writer``; a committed message then wakes
+the waiters of its conversation. Nothing here knows about HTTP.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import ujson
+
+from .records import (
+    FROM_CUSTOMER,
+    FROM_RADAR_USER,
+    Contact,
+    Customer,
+    HistoryPage,
+    Message,
+    RadarUser,
+    SendReceipt,
+)
+from .schema import migrate
+from .waiters import Waiters
+from .writer import Writer
+
+log = logging.getLogger("leida_chat.storage")
+
+
+class Side(Enum):
+    """A side of a conversation, each with its own read position."""
+
+    CUSTOMER = "customer_read_id"
+    RADAR_USER = "user_read_id"
+
+    @property
+    def unread_send_type(self) -> int:
+        """The messages a side counts as unread are the other side's."""
+        return FROM_RADAR_USER if self is Side.CUSTOMER else FROM_CUSTOMER
+
+
+_MESSAGE_COLUMNS = """
+    m.id, m.customer_id, m.user_id, m.send_type, m.content, m.created_at,
+    m.id = c.first_message_id, m.id <= c.customer_read_id,
+    cu.username, cu.headimgurl, COALESCE(NULLIF(u.mingpian_avatar, ''), u.avatar)
+"""
+# CROSS JOIN pins SQLite's join order: start from the conversation (its read
+# positions bound the message range), whatever the statistics say.
+_MESSAGE_FROM = """
+    FROM conversation c
+    CROSS JOIN message m ON m.customer_id = c.customer_id AND m.user_id = c.user_id
+    JOIN customer cu ON cu.id = c.customer_id
+    JOIN radar_user u ON u.id = c.user_id
+"""
+# A radar user's inbox after a cursor is bounded by the cursor instead: start
+# from the messages.
+_MESSAGE_FROM_CURSOR = """
+    FROM message m
+    CROSS JOIN conversation c ON c.customer_id = m.customer_id AND c.user_id = m.user_id
+    JOIN customer cu ON cu.id = c.customer_id
+    JOIN radar_user u ON u.id = c.user_id
+"""
+
+_CUSTOMER_FIELDS = ("username", "headimgurl", "token")
+_RADAR_USER_FIELDS = (
+    "username", "avatar", "mingpian_avatar", "mingpian_phone", "wechat", "wechat_phone", "token",
+)
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def local_timestamp() -> str:
+    """Local server time as the original API wrote it: 2018-09-21T15:18:01.548."""
+    return datetime.now().isoformat(timespec="milliseconds")
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def _message(row: tuple) -> Message:
+    return Message(
+        id=row[0],
+        customer_id=row[1],
+        user_id=row[2],
+        send_type=row[3],
+        content=ujson.loads(row[4]),
+        created_at=row[5],
+        is_first_info=bool(row[6]),
+        read_by_customer=bool(row[7]),
+        customer_name=row[8],
+        customer_headimgurl=row[9],
+        user_avatar=row[10],
+    )
+
+
+class ChatStore:
+    """The one object handlers talk to for anything stored."""
+
+    def __init__(self, write_conn: aiosqlite.Connection, read_conn: aiosqlite.Connection) -> None:
+        self._write_conn = write_conn
+        self._read_conn = read_conn
+        self._writer = Writer(write_conn)
+        self.waiters = Waiters()
+
+    @classmethod
+    async def open(cls, path: str | Path, synchronous: str = "FULL") -> "ChatStore":
+        """Open (creating and migrating if needed) the database at ``path``."""
+        synchronous = synchronous.upper()
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"database.synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await write_conn.execute("PRAGMA busy_timeout = 5000")
+            await write_conn.execute("PRAGMA journal_mode = WAL")
+            await write_conn.execute(f"PRAGMA synchronous = {synchronous}")
+            await write_conn.execute("PRAGMA foreign_keys = ON")
+            await migrate(write_conn)
+            read_conn = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            await write_conn.close()
+            raise
+        await read_conn.execute("PRAGMA busy_timeout = 5000")
+        await read_conn.execute("PRAGMA query_only = 1")
+        return cls(write_conn, read_conn)
+
+    async def close(self) -> None:
+        """Finish queued writes, then close both connections."""
+        self.waiters.close()
+        await self._writer.stop()
+        await self._read_conn.close()
+        await self._write_conn.close()
+
+    # -- reading -----------------------------------------------------------
+
+    async def _all(self, sql: str, params: Iterable[Any]) -> list[tuple]:
+        return list(await self._read_conn.execute_fetchall(sql, tuple(params)))
+
+    async def _one(self, sql: str, params: Iterable[Any]) -> tuple | None:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
+
+    async def _messages(
+        self, where: str, params: Iterable[Any], source: str = _MESSAGE_FROM
+    ) -> list[Message]:
+        rows = await self._all(f"SELECT {_MESSAGE_COLUMNS} {source} WHERE {where}", params)
+        return [_message(row) for row in rows]
+
+    # -- accounts ------------------------------------------------------------
+
+    async def customer(self, customer_id: int) -> Customer | None:
+        row = await self._one(
+            "SELECT id, username, headimgurl, token FROM customer WHERE id = ?", (customer_id,)
+        )
+        return Customer(*row) if row else None
+
+    async def radar_user(self, user_id: int) -> RadarUser | None:
+        row = await self._one(
+            f"SELECT id, {', '.join(_RADAR_USER_FIELDS)} FROM radar_user WHERE id = ?", (user_id,)
+        )
+        return RadarUser(*row) if row else None
+
+    async def save_customer(self, customer_id: int | None = None, **fields: str | None) -> tuple[int, str]:
+        """Create a customer, or update the given fields of an existing one."""
+        return await self._save_account("customer", _CUSTOMER_FIELDS, customer_id, fields)
+
+    async def save_radar_user(self, user_id: int | None = None, **fields: str | None) -> tuple[int, str]:
+        """Create a radar user, or update the given fields of an existing one."""
+        return await self._save_account("radar_user", _RADAR_USER_FIELDS, user_id, fields)
+
+    async def _save_account(
+        self, table: str, allowed: tuple[str, ...], account_id: int | None, fields: dict[str, str | None]
+    ) -> tuple[int, str]:
+        unknown = set(fields) - set(allowed)
+        if unknown:
+            raise TypeError(f"unknown {table} fields: {sorted(unknown)}")
+        given = {name: value for name, value in fields.items() if value is not None}
+
+        async def op(conn: aiosqlite.Connection) -> tuple[int, str]:
+            if account_id is not None:
+                async with conn.execute(f"SELECT token FROM {table} WHERE id = ?", (account_id,)) as cur:
+                    existing = await cur.fetchone()
+                if existing is not None:
+                    if given:
+                        assignments = ", ".join(f"{name} = ?" for name in given)
+                        await conn.execute(
+                            f"UPDATE {table} SET {assignments} WHERE id = ?", (*given.values(), account_id)
+                        )
+                    return account_id, given.get("token", existing[0])
+            row = {"token": new_token(), **given}
+            if "username" not in row:
+                raise ValueError("a new account needs a name")
+            if account_id is not None:
+                row["id"] = account_id
+            placeholders = ", ".join("?" for _ in row)
+            cur = await conn.execute(
+                f"INSERT INTO {table} ({', '.join(row)}) VALUES ({placeholders})", tuple(row.values())
+            )
+            return cur.lastrowid, row["token"]
+
+        return await self._writer.submit(op)
+
+    async def add_demo_accounts(self, users: int, customers: int) -> tuple[dict[int, str], dict[int, str]]:
+        """Create numbered radar users and customers in one transaction."""
+
+        async def op(conn: aiosqlite.Connection) -> tuple[dict[int, str], dict[int, str]]:
+            made: list[dict[int, str]] = []
+            for table, count, name in (("radar_user", users, "雷达用户"), ("customer", customers, "客户")):
+                async with conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}") as cur:
+                    (start,) = await cur.fetchone()
+                tokens = {start + n: new_token() for n in range(1, count + 1)}
+                await conn.executemany(
+                    f"INSERT INTO {table} (id, username, token) VALUES (?, ?, ?)",
+                    [(account_id, f"{name}{account_id}", token) for account_id, token in tokens.items()],
+                )
+                made.append(tokens)
+            return made[0], made[1]
+
+        return await self._writer.submit(op)
+
+    # -- sending ---------------------------------------------------------------
+
+    async def send(
+        self,
+        customer_id: int,
+        user_id: int,
+        send_type: int,
+        content: dict[str, Any],
+        client_msg_id: str | None = None,
+    ) -> SendReceipt:
+        """Store a message durably, then wake whoever waits on its conversation.
+
+        A repeated ``client_msg_id`` from the same sender stores nothing and
+        returns the receipt of the first send, so a client can retry blindly.
+        """
+        content_json = ujson.dumps(content, ensure_ascii=False)
+        created_at = local_timestamp()
+        sender_id = customer_id if send_type == FROM_CUSTOMER else user_id
+
+        async def op(conn: aiosqlite.Connection) -> SendReceipt:
+            if client_msg_id is not None:
+                async with conn.execute(
+                    "SELECT m.id, m.created_at FROM client_message k JOIN message m ON m.id = k.message_id"
+                    " WHERE k.send_type = ? AND k.sender_id = ? AND k.client_msg_id = ?",
+                    (send_type, sender_id, client_msg_id),
+                ) as cur:
+                    first = await cur.fetchone()
+                if first is not None:
+                    return SendReceipt(first[0], first[1], duplicate=True)
+            cur = await conn.execute(
+                "INSERT INTO message (customer_id, user_id, send_type, content, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (customer_id, user_id, send_type, content_json, created_at),
+            )
+            message_id = cur.lastrowid
+            await conn.execute(
+                "INSERT INTO conversation (customer_id, user_id, first_message_id, last_message_id,"
+                " last_customer_message_id) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (customer_id, user_id) DO UPDATE SET"
+                " last_message_id = excluded.last_message_id,"
+                " last_customer_message_id = MAX(last_customer_message_id, excluded.last_customer_message_id)",
+                (customer_id, user_id, message_id, message_id,
+                 message_id if send_type == FROM_CUSTOMER else 0),
+            )
+            if client_msg_id is not None:
+                await conn.execute(
+                    "INSERT INTO client_message (send_type, sender_id, client_msg_id, message_id)"
+                    " VALUES (?, ?, ?, ?)",
+                    (send_type, sender_id, client_msg_id, message_id),
+                )
+            return SendReceipt(message_id, created_at)
+
+        receipt: SendReceipt = await self._writer.submit(op)
+        if not receipt.duplicate:
+            self.waiters.notify(customer_id, user_id)
+        return receipt
+
+    # -- messages ------------------------------------------------------------
+
+    async def unread_messages(
+        self, side: Side, user_id: int, customer_id: int | None, limit: int
+    ) -> list[Message]:
+        """The messages ``side`` has not yet received, oldest first.
+
+        The customer receives both directions (its own sends echo back, as the
+        original did); the radar user receives only the customer's messages.
+        ``customer_id=None`` means the radar user's whole inbox.
+        """
+        if side is Side.CUSTOMER:
+            return await self._messages(
+                "c.customer_id = ? AND c.user_id = ? AND m.id > c.customer_read_id ORDER BY m.id LIMIT ?",
+                (customer_id, user_id, limit),
+            )
+        where, params = self._radar_unread_filter(user_id, customer_id)
+        return await self._messages(f"{where} ORDER BY m.id LIMIT ?", (*params, limit))
+
+    async def messages_after(
+        self, after_id: int, user_id: int, customer_id: int | None, limit: int
+    ) -> list[Message]:
+        """Every message after a client's resume cursor, whatever its read state."""
+        if customer_id is None:
+            return await self._messages(
+                "m.user_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
+                (user_id, after_id, limit),
+                source=_MESSAGE_FROM_CURSOR,
+            )
+        return await self._messages(
+            "c.customer_id = ? AND c.user_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
+            (customer_id, user_id, after_id, limit),
+        )
+
+    async def unread_count(self, side: Side, user_id: int, customer_id: int | None) -> int:
+        """How many of the other side's messages ``side`` has not read."""
+        if side is Side.CUSTOMER:
+            where = "c.customer_id = ? AND c.user_id = ? AND m.id > c.customer_read_id AND m.send_type = ?"
+            params: tuple = (customer_id, user_id, FROM_RADAR_USER)
+        else:
+            where, params = self._radar_unread_filter(user_id, customer_id)
+        row = await self._one(f"SELECT count(*) {_MESSAGE_FROM} WHERE {where}", params)
+        return row[0]
+
+    @staticmethod
+    def _radar_unread_filter(user_id: int, customer_id: int | None) -> tuple[str, tuple]:
+        where = (
+            "c.user_id = ? AND c.last_customer_message_id > c.user_read_id"
+            " AND m.id > c.user_read_id AND m.send_type = ?"
+        )
+        params: tuple = (user_id, FROM_CUSTOMER)
+        if customer_id is not None:
+            where += " AND c.customer_id = ?"
+            params += (customer_id,)
+        return where, params
+
+    async def mark_read(self, side: Side, user_id: int, read_up_to: dict[int, int]) -> None:
+        """Move ``side``'s read position forward, per customer_id, to the given id.
+
+        Positions never move back, so a late or repeated mark is harmless.
+        """
+        column = side.value
+        rows = [(up_to, customer_id, user_id, up_to) for customer_id, up_to in read_up_to.items()]
+        if not rows:
+            return
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                f"UPDATE conversation SET {column} = ?"
+                f" WHERE customer_id = ? AND user_id = ? AND {column} < ?",
+                rows,
+            )
+
+        await self._writer.submit(op)
+
+    async def read_history(
+        self, side: Side, customer_id: int, user_id: int, offset: int, limit: int
+    ) -> HistoryPage:
+        """One page of a conversation, cut newest-first and returned oldest-first.
+
+        Opening the history marks the whole conversation read for ``side``.
+        """
+        row = await self._one(
+            f"SELECT count(*), COALESCE(MAX(id), 0), "
+            f"(SELECT {side.value} FROM conversation WHERE customer_id = ? AND user_id = ?)"
+            " FROM message WHERE customer_id = ? AND user_id = ?",
+            (customer_id, user_id, customer_id, user_id),
+        )
+        total, newest_id, read_position = row
+        messages: list[Message] = []
+        if total and offset < total:
+            messages = await self._messages(
+                "c.customer_id = ? AND c.user_id = ? ORDER BY m.id DESC LIMIT ? OFFSET ?",
+                (customer_id, user_id, limit, offset),
+            )
+            messages.reverse()
+        if total and read_position < newest_id:
+            await self.mark_read(side, user_id, {customer_id: newest_id})
+        return HistoryPage(messages=messages, total=total, newest_id=newest_id)
+
+    async def contacts(self, user_id: int, offset: int, limit: int) -> tuple[list[Contact], int]:
+        """The radar user's conversations, most recent activity first."""
+        (total,) = await self._one("SELECT count(*) FROM conversation WHERE user_id = ?", (user_id,))
+        rows = await self._all(
+            f"SELECT {_MESSAGE_COLUMNS},"
+            " (SELECT count(*) FROM message x WHERE x.customer_id = c.customer_id"
+            "  AND x.user_id = c.user_id AND x.id > c.user_read_id AND x.send_type = ?)"
+            f" {_MESSAGE_FROM}"
+            " WHERE c.user_id = ? AND m.id = c.last_message_id"
+            " ORDER BY c.last_message_id DESC LIMIT ? OFFSET ?",
+            (FROM_CUSTOMER, user_id, limit, offset),
+        )
+        contacts = []
+        for row in rows:
+            last = _message(row)
+            contacts.append(
+                Contact(
+                    customer_id=last.customer_id,
+                    customer_name=last.customer_name,
+                    customer_headimgurl=last.customer_headimgurl,
+                    unread_count=row[-1],
+                    last_message=last,
+                )
+            )
+        return contacts, total
