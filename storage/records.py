@@ -58,6 +58,7 @@ class Message:
     created_at: str
     is_first_info: bool
     read_by_customer: bool
+    read_by_user: bool
     customer_name: str
     customer_headimgurl: str
     user_avatar: str

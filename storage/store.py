@@ -49,7 +49,7 @@ class Side(Enum):
 
 _MESSAGE_COLUMNS = """
     m.id, m.customer_id, m.user_id, m.send_type, m.content, m.created_at,
-    m.id = c.first_message_id, m.id <= c.customer_read_id,
+    m.id = c.first_message_id, m.id <= c.customer_read_id, m.id <= c.user_read_id,
     cu.username, cu.headimgurl, COALESCE(NULLIF(u.mingpian_avatar, ''), u.avatar)
 """
 # CROSS JOIN pins SQLite's join order: start from the conversation (its read
@@ -96,9 +96,10 @@ def _message(row: tuple) -> Message:
         created_at=row[5],
         is_first_info=bool(row[6]),
         read_by_customer=bool(row[7]),
-        customer_name=row[8],
-        customer_headimgurl=row[9],
-        user_avatar=row[10],
+        read_by_user=bool(row[8]),
+        customer_name=row[9],
+        customer_headimgurl=row[10],
+        user_avatar=row[11],
     )
 
 

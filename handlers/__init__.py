@@ -1,0 +1,48 @@
+"""The HTTP layer: routes of the contract, parsing, checking and rendering.
+
+``make_app`` is the only entry point. Handlers never touch SQL; they ask the
+``ChatStore`` and render what it returns in the original API's shapes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tornado.web import Application
+
+from storage import ChatStore
+
+from . import customer, radar
+from .base import NotFoundHandler, log_request
+from .settings import ApiSettings
+
+O_ID = r"(-?[0-9]{1,19})/?"
+
+
+def routes(store: ChatStore, settings: ApiSettings) -> list[tuple[str, type, dict[str, Any]]]:
+    deps = {"store": store, "settings": settings}
+    table = [
+        (rf"/zhugeleida/gongzhonghao/chat/send_msg/{O_ID}", customer.SendHandler),
+        (rf"/zhugeleida/gongzhonghao/chat/getmsg/{O_ID}", customer.GetMsgHandler),
+        (rf"/zhugeleida/gongzhonghao/chat/query_num/{O_ID}", customer.UnreadCountHandler),
+        (r"/zhugeleida/gongzhonghao/chat/?", customer.HistoryHandler),
+        (rf"/zhugeleida/qiyeweixin/chat/send_msg/{O_ID}", radar.SendHandler),
+        (rf"/zhugeleida/qiyeweixin/chat/getmsg/{O_ID}", radar.GetMsgHandler),
+        (rf"/zhugeleida/qiyeweixin/chat/query_num/{O_ID}", radar.UnreadCountHandler),
+        (r"/zhugeleida/qiyeweixin/chat/?", radar.HistoryHandler),
+        (r"/zhugeleida/qiyeweixin/contact/?", radar.ContactHandler),
+    ]
+    return [(pattern, handler, deps) for pattern, handler in table]
+
+
+def make_app(store: ChatStore, settings: ApiSettings | None = None) -> Application:
+    settings = settings or ApiSettings()
+    return Application(
+        routes(store, settings),
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"store": store, "settings": settings},
+        log_function=log_request,
+        compress_response=False,
+    )
+
+
+__all__ = ["ApiSettings", "make_app"]

@@ -1,0 +1,206 @@
+"""The base handlers: the JSON envelope, request signatures and safe logging.
+
+Every endpoint under /zhugeleida answers ``{"code", "msg", "data"}``. The
+signature (``rand_str = md5(timestamp + token)``) is checked in ``prepare()``,
+before the body is read or any parameter is parsed, so an unsigned request
+costs one indexed read and nothing else. Logs never carry ``rand_str`` or a
+token: URLs are redacted before tornado's access and error logs see them.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import ujson
+from tornado import httputil
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from storage import ChatStore, Customer, RadarUser
+
+from .errors import ApiFailure, SignatureRejected
+from .params import Params
+from .settings import ApiSettings
+
+access_log = logging.getLogger("tornado.access")
+app_log = logging.getLogger("leida_chat.http")
+
+SECRET_PARAMS = frozenset({"rand_str", "token"})
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with every secret query value replaced by ``***``."""
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return path + "?" + urlencode(
+        [(name, "***" if name.lower() in SECRET_PARAMS else value) for name, value in pairs],
+        safe="*",
+    )
+
+
+def log_request(handler: RequestHandler) -> None:
+    """The access log line, as tornado's but with secrets redacted."""
+    status = handler.get_status()
+    log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+    request = handler.request
+    log(
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        redact_uri(request.uri or ""),
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
+
+
+class ApiHandler(RequestHandler):
+    """Renders the envelope for success and for every failure."""
+
+    def initialize(self, store: ChatStore, settings: ApiSettings) -> None:
+        self.store = store
+        self.api = settings
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def reply(self, msg: str, data: Any, code: int = 200) -> None:
+        self.finish(ujson.dumps({"code": code, "msg": msg, "data": data}, ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiFailure):
+            self.reply(error.msg, error.data, code=error.code)
+            return
+        reason = httputil.responses.get(status_code, "Unknown")
+        self.reply(reason, {}, code=status_code)
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {redact_uri(self.request.uri or '')} ({self.request.remote_ip})"
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Tornado's default also logs repr(request), whose URI carries rand_str."""
+        if isinstance(value, ApiFailure):
+            return
+        if isinstance(value, HTTPError):
+            if value.log_message:
+                app_log.warning("%d %s: %s", value.status_code, self._request_summary(), value.log_message)
+            return
+        app_log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
+
+
+class NotFoundHandler(ApiHandler):
+    """Unknown routes get the envelope too, with a real 404."""
+
+    def prepare(self) -> None:
+        raise HTTPError(404)
+
+
+@stream_request_body
+class SignedHandler(ApiHandler):
+    """A handler whose caller is proven by the request signature.
+
+    The body is streamed so that an oversized one is refused with 413 from its
+    Content-Length, or as soon as it grows past the limit, never buffered whole.
+    Subclasses say whose tokens sign their routes by ``find_signer``.
+    """
+
+    SUPPORTED_METHODS = ("GET", "POST")
+
+    signer: Customer | RadarUser
+
+    async def find_signer(self, account_id: int) -> Customer | RadarUser | None:
+        raise NotImplementedError
+
+    async def prepare(self) -> None:
+        self._body_chunks: list[bytes] = []
+        self._body_size = 0
+        self._body_rejected = False
+        self._form: Params | None = None
+        self.reject_unimplemented_method()
+        self.reject_declared_oversized_body()
+        self.signer = await self.verify_signature()
+
+    def reject_unimplemented_method(self) -> None:
+        method = self.request.method.lower()
+        if getattr(type(self), method) is getattr(RequestHandler, method):
+            raise HTTPError(405)
+
+    def reject_declared_oversized_body(self) -> None:
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.api.max_body_bytes:
+            raise HTTPError(413)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_rejected:
+            return
+        self._body_size += len(chunk)
+        if self._body_size > self.api.max_body_bytes:
+            self._body_rejected = True
+            self._body_chunks.clear()
+            self.send_error(413)
+            return
+        self._body_chunks.append(chunk)
+
+    async def verify_signature(self) -> Customer | RadarUser:
+        query = self.request.query_arguments
+        account_id = _last_ascii(query.get("user_id"))
+        timestamp = _last_ascii(query.get("timestamp"))
+        rand_str = _last_ascii(query.get("rand_str"))
+        if not (account_id and timestamp and rand_str):
+            raise SignatureRejected()
+        if not (_DIGITS.fullmatch(account_id) and _DIGITS.fullmatch(timestamp) and _MD5_HEX.fullmatch(rand_str)):
+            raise SignatureRejected()
+        if self.api.max_skew_seconds and abs(time.time() * 1000 - int(timestamp)) > self.api.max_skew_seconds * 1000:
+            raise SignatureRejected()
+        account = await self.find_signer(int(account_id))
+        if account is None:
+            raise SignatureRejected()
+        expected = hashlib.md5((timestamp + account.token).encode("utf-8")).hexdigest()
+        if not hmac.compare_digest(expected, rand_str.lower()):
+            raise SignatureRejected()
+        return account
+
+    # -- parameters --------------------------------------------------------
+
+    def query(self) -> Params:
+        self._stop_if_body_rejected()
+        return Params(self.request.query_arguments)
+
+    def form(self) -> Params:
+        """The form body (urlencoded or multipart), with query values beneath it."""
+        self._stop_if_body_rejected()
+        arguments: dict[str, list[bytes]] = {name: list(values) for name, values in self.request.query_arguments.items()}
+        body_arguments: dict[str, list[bytes]] = {}
+        files: dict[str, list[httputil.HTTPFile]] = {}
+        body = b"".join(self._body_chunks)
+        if body:
+            httputil.parse_body_arguments(
+                self.request.headers.get("Content-Type", ""), body, body_arguments, files, self.request.headers
+            )
+        for name, values in body_arguments.items():
+            arguments.setdefault(name, []).extend(values)
+        return Params(arguments)
+
+    def _stop_if_body_rejected(self) -> None:
+        """The 413 went out while the body streamed in; tornado still calls the
+        method afterwards, and an HTTPError raised after finish is dropped quietly."""
+        if self._body_rejected:
+            raise HTTPError(413)
+
+
+def _last_ascii(values: list[bytes] | None) -> str | None:
+    if not values:
+        return None
+    try:
+        return values[-1].decode("ascii")
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,104 @@
+"""Checking a message's ``content``: a JSON object whose shape its info_type decides.
+
+The keys are stored as given and merged into every item later returned, so
+anything a page will render (text, links) is checked here, once, on the way in.
+"""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import ujson
+
+from .errors import InvalidParams
+
+TEXT, PRODUCT, CONTACT_REQUEST, IMAGE, VIDEO, SHOP_LINK = 1, 2, 3, 4, 5, 6
+CUSTOMER_INFO_TYPES = (TEXT, PRODUCT, CONTACT_REQUEST, IMAGE, VIDEO)
+RADAR_USER_INFO_TYPES = CUSTOMER_INFO_TYPES + (SHOP_LINK,)
+
+#: key -> info_types that require it
+_REQUIRED = {"msg": (TEXT,), "product_name": (PRODUCT,), "url": (IMAGE, VIDEO)}
+_TEXT_KEYS = ("msg", "product_name")
+_URL_KEYS = ("url", "product_cover_url")
+_SAFE_URL_SCHEMES = ("", "http", "https")
+
+FIELD = "content"
+
+
+def _invalid(message: str, code: str = "invalid") -> InvalidParams:
+    return InvalidParams.one(FIELD, message, code)
+
+
+def parse_content(
+    raw: str,
+    *,
+    allowed_info_types: tuple[int, ...],
+    msg_max_chars: int,
+    content_max_bytes: int,
+) -> dict[str, Any]:
+    """The validated content object, or a 402 naming ``content`` and the bad key."""
+    if len(raw.encode("utf-8", "surrogatepass")) > content_max_bytes:
+        raise _invalid(f"content must be at most {content_max_bytes} bytes", "max_length")
+    try:
+        content = ujson.loads(raw)
+    except (ValueError, OverflowError):
+        raise _invalid("content must be a JSON object") from None
+    if not isinstance(content, dict):
+        raise _invalid("content must be a JSON object")
+    try:  # lone surrogates from \ud800 escapes cannot be stored as UTF-8
+        ujson.dumps(content, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, OverflowError, ValueError):
+        raise _invalid("content contains characters that are not valid Unicode") from None
+
+    info_type = _info_type(content.get("info_type"))
+    if info_type not in allowed_info_types:
+        allowed = ", ".join(map(str, allowed_info_types))
+        raise _invalid(f"content.info_type must be one of {allowed}")
+
+    for key, needed_by in _REQUIRED.items():
+        if info_type in needed_by and key not in content:
+            raise _invalid(f"content.{key} is required for info_type {info_type}", "required")
+    for key in _TEXT_KEYS:
+        if key in content:
+            _check_text(key, content[key], msg_max_chars, required=info_type in _REQUIRED[key])
+    for key in _URL_KEYS:
+        if key in content:
+            _check_url(key, content[key], required=info_type in _REQUIRED.get(key, ()))
+    price = content.get("product_price")
+    if price is not None and (isinstance(price, bool) or not isinstance(price, (str, int, float))):
+        raise _invalid("content.product_price must be a string or a number")
+    return content
+
+
+def _info_type(value: Any) -> int | None:
+    """info_type as a number; old clients sometimes send it as a digit string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 3:
+        return int(value)
+    return None
+
+
+def _check_text(key: str, value: Any, max_chars: int, *, required: bool) -> None:
+    if not isinstance(value, str):
+        raise _invalid(f"content.{key} must be a string")
+    if required and not value.strip():
+        raise _invalid(f"content.{key} must not be empty", "required")
+    if len(value) > max_chars:
+        raise _invalid(f"content.{key} must be at most {max_chars} characters", "max_length")
+
+
+def _check_url(key: str, value: Any, *, required: bool) -> None:
+    """Plain web links or relative paths only: a page will put these in src/href."""
+    if not isinstance(value, str):
+        raise _invalid(f"content.{key} must be a string")
+    if required and not value.strip():
+        raise _invalid(f"content.{key} must not be empty", "required")
+    try:
+        scheme = urlsplit(value.strip()).scheme.lower()
+    except ValueError:
+        raise _invalid(f"content.{key} is not a valid URL") from None
+    if scheme not in _SAFE_URL_SCHEMES:
+        raise _invalid(f"content.{key} must be an http(s) URL or a relative path")

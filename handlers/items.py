@@ -1,0 +1,74 @@
+"""How a stored message looks on the wire, for each side.
+
+The key names are the original API's, misspellings included (``user_avator``
+in customer getmsg items): deployed H5 pages read them as they are. Content
+keys are merged after the server's keys and can never overwrite them, so a
+message cannot pose as another id, sender or conversation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from storage import Contact, Message
+
+
+def _with_content(item: dict[str, Any], message: Message) -> dict[str, Any]:
+    for key, value in message.content.items():
+        item.setdefault(key, value)
+    return item
+
+
+def customer_item(message: Message) -> dict[str, Any]:
+    """An item of the customer's getmsg."""
+    return _with_content(
+        {
+            "id": message.id,
+            "customer_id": message.customer_id,
+            "user_id": message.user_id,
+            "user_avator": message.user_avatar,
+            "customer_headimgurl": message.customer_headimgurl,
+            "customer": message.customer_name,
+            "dateTime": message.created_at,
+            "send_type": message.send_type,
+            "is_first_info": message.is_first_info,
+        },
+        message,
+    )
+
+
+def customer_history_item(message: Message) -> dict[str, Any]:
+    """An item of the customer's history: a getmsg item plus the seed's history keys."""
+    item = customer_item(message)
+    item["from_user_name"] = message.customer_name
+    item["user_avatar"] = message.user_avatar
+    return item
+
+
+def radar_item(message: Message) -> dict[str, Any]:
+    """An item of the radar user's getmsg, history and contact list."""
+    read = int(message.read_by_customer)
+    return _with_content(
+        {
+            "id": message.id,
+            "customer_id": message.customer_id,
+            "customer_avatar": message.customer_headimgurl,
+            "user_id": message.user_id,
+            "src": message.customer_headimgurl,
+            "name": message.customer_name,
+            "dateTime": message.created_at,
+            "send_type": message.send_type,
+            "is_customer_already_read": read,
+            "is_customer_already_read_text": "已读" if read else "未读",
+        },
+        message,
+    )
+
+
+def contact_item(contact: Contact) -> dict[str, Any]:
+    return {
+        "customer_id": contact.customer_id,
+        "customer": contact.customer_name,
+        "customer_headimgurl": contact.customer_headimgurl,
+        "unread_count": contact.unread_count,
+        "last_msg": radar_item(contact.last_message),
+    }
