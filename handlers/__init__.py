@@ -12,14 +12,13 @@ from tornado.web import Application
 from storage import ChatStore
 
 from . import customer, radar
-from .base import NotFoundHandler, log_request
+from .base import InFlight, NotFoundHandler, log_request
 from .settings import ApiSettings
 
 O_ID = r"(-?[0-9]{1,19})/?"
 
 
-def routes(store: ChatStore, settings: ApiSettings) -> list[tuple[str, type, dict[str, Any]]]:
-    deps = {"store": store, "settings": settings}
+def routes(deps: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
     table = [
         (rf"/zhugeleida/gongzhonghao/chat/send_msg/{O_ID}", customer.SendHandler),
         (rf"/zhugeleida/gongzhonghao/chat/getmsg/{O_ID}", customer.GetMsgHandler),
@@ -35,13 +34,14 @@ def routes(store: ChatStore, settings: ApiSettings) -> list[tuple[str, type, dic
 
 
 def make_app(store: ChatStore, settings: ApiSettings | None = None) -> Application:
-    settings = settings or ApiSettings()
+    """The tornado application; ``app.settings["inflight"]`` counts unanswered requests."""
+    deps = {"store": store, "settings": settings or ApiSettings(), "inflight": InFlight()}
     return Application(
-        routes(store, settings),
+        routes(deps),
         default_handler_class=NotFoundHandler,
-        default_handler_args={"store": store, "settings": settings},
+        default_handler_args=deps,
         log_function=log_request,
-        compress_response=False,
+        inflight=deps["inflight"],
     )
 
 

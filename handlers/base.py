@@ -8,6 +8,7 @@ token: URLs are redacted before tornado's access and error logs see them.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -61,12 +62,50 @@ def log_request(handler: RequestHandler) -> None:
     )
 
 
+class InFlight:
+    """Requests begun and not yet answered, so that shutdown can let them finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def begin(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
 class ApiHandler(RequestHandler):
     """Renders the envelope for success and for every failure."""
 
-    def initialize(self, store: ChatStore, settings: ApiSettings) -> None:
+    def initialize(self, store: ChatStore, settings: ApiSettings, inflight: InFlight) -> None:
         self.store = store
         self.api = settings
+        self._inflight: InFlight | None = inflight
+        inflight.begin()
+
+    def _end_inflight(self) -> None:
+        if self._inflight is not None:
+            self._inflight.end()
+            self._inflight = None
+
+    def on_finish(self) -> None:
+        self._end_inflight()
+
+    def on_connection_close(self) -> None:
+        self._end_inflight()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")

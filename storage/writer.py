@@ -65,17 +65,16 @@ class Writer:
         try:
             results = await self._transaction([op for op, _ in batch])
         except Exception as error:
+            # Errors go to the callers, who decide whether they are worth a log line.
             if len(batch) == 1:
-                log.exception("database write failed")
                 _settle(batch[0][1], error=error)
                 return
-            # One bad operation must not sink the others: retry each alone.
+            log.info("a batch of %d writes failed; retrying each on its own", len(batch))
             for op, future in batch:
                 try:
                     (result,) = await self._transaction([op])
-                except Exception as error:  # reported to that caller only
-                    log.exception("database write failed")
-                    _settle(future, error=error)
+                except Exception as op_error:  # reported to that caller only
+                    _settle(future, error=op_error)
                 else:
                     _settle(future, result=result)
             return

@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""leida-chat: a long-polling chat server for WeChat H5 customers and radar sales reps.
+
+This module wires configuration to the app and the app to a server, and holds
+the command line: ``serve`` (the default), ``add-user``, ``add-customer`` and
+``demo-accounts``. Settings come from ``config.toml``, then ``LEIDA_<SECTION>_<KEY>``
+environment variables, then command-line flags, each overriding the one before.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+
+from handlers import ApiSettings, make_app
+from storage import ChatStore
+
+log = logging.getLogger("leida_chat")
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONFIG = HERE / "config.toml"
+
+#: Every setting and its default; the config file and environment may set only these.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "server": {
+        "host": "127.0.0.1",
+        "port": 8000,
+        "max_body_bytes": 64 * 1024,
+        "idle_connection_timeout": 120.0,
+        "body_timeout": 30.0,
+        "shutdown_grace_seconds": 5.0,
+    },
+    "database": {"path": "data/leida_chat.db", "synchronous": "FULL"},
+    "auth": {"max_skew_seconds": 900.0},
+    "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200},
+    "limits": {"msg_max_chars": 5000, "content_max_bytes": 16 * 1024, "history_max_length": 100},
+    "log": {"level": "INFO"},
+}
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has the wrong type; the message names it."""
+
+
+def env_name(section: str, key: str) -> str:
+    return f"LEIDA_{section}_{key}".upper()
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default``, accepting strings (from the environment)."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}") from None
+
+
+def load_config(path: Path | None, environ: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Defaults, overlaid by the TOML file at ``path`` (if any), then by the environment."""
+    environ = os.environ if environ is None else environ
+    config = {section: dict(values) for section, values in DEFAULTS.items()}
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                loaded = tomllib.load(file)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {path}: {error}") from None
+        for section, values in loaded.items():
+            if section not in DEFAULTS or not isinstance(values, dict):
+                raise ConfigError(f"unknown config section [{section}] in {path}")
+            for key, value in values.items():
+                if key not in DEFAULTS[section]:
+                    raise ConfigError(f"unknown setting {section}.{key} in {path}")
+                config[section][key] = _coerce(f"{section}.{key}", value, DEFAULTS[section][key])
+    for section, values in DEFAULTS.items():
+        for key, default in values.items():
+            name = env_name(section, key)
+            if name in environ:
+                config[section][key] = _coerce(name, environ[name], default)
+    _check(config)
+    return config
+
+
+def _check(config: dict[str, dict[str, Any]]) -> None:
+    server, longpoll, limits = config["server"], config["longpoll"], config["limits"]
+    if not 0 <= server["port"] <= 65535:
+        raise ConfigError("server.port must be between 0 and 65535")
+    if longpoll["timeout"] < 0 or longpoll["max_timeout"] <= 0:
+        raise ConfigError("longpoll.timeout and longpoll.max_timeout must be positive")
+    if config["auth"]["max_skew_seconds"] < 0:
+        raise ConfigError("auth.max_skew_seconds must be 0 (off) or positive")
+    for name, value in [("server.max_body_bytes", server["max_body_bytes"]), ("longpoll.max_items", longpoll["max_items"]),
+                        *((f"limits.{key}", value) for key, value in limits.items())]:
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if config["database"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError("database.synchronous must be OFF, NORMAL, FULL or EXTRA")
+    if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):
+        raise ConfigError("log.level must be DEBUG, INFO, WARNING or ERROR")
+
+
+def api_settings(config: dict[str, dict[str, Any]]) -> ApiSettings:
+    return ApiSettings(
+        max_skew_seconds=config["auth"]["max_skew_seconds"],
+        longpoll_timeout=config["longpoll"]["timeout"],
+        longpoll_max_timeout=config["longpoll"]["max_timeout"],
+        getmsg_max_items=config["longpoll"]["max_items"],
+        msg_max_chars=config["limits"]["msg_max_chars"],
+        content_max_bytes=config["limits"]["content_max_bytes"],
+        history_max_length=config["limits"]["history_max_length"],
+        max_body_bytes=config["server"]["max_body_bytes"],
+    )
+
+
+async def open_store(config: dict[str, dict[str, Any]]) -> ChatStore:
+    return await ChatStore.open(config["database"]["path"], config["database"]["synchronous"])
+
+
+def raise_open_file_limit() -> int:
+    """Each held request is an open socket: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+# -- serve --------------------------------------------------------------------
+
+
+async def serve(config: dict[str, dict[str, Any]]) -> None:
+    """Run until SIGINT or SIGTERM, then answer held requests, let sends finish, and close."""
+    server_config = config["server"]
+    open_files = raise_open_file_limit()
+    store = await open_store(config)
+    app = make_app(store, api_settings(config))
+    server = HTTPServer(
+        app,
+        idle_connection_timeout=server_config["idle_connection_timeout"],
+        body_timeout=server_config["body_timeout"],
+    )
+    try:
+        server.listen(server_config["port"], server_config["host"])
+    except OSError as error:
+        await store.close()
+        raise SystemExit(f"cannot listen on {server_config['host']}:{server_config['port']}: {error.strerror}")
+    port = next(iter(server._sockets.values())).getsockname()[1]  # the real one when port = 0
+    log.info(
+        "leida-chat listening on http://%s:%d, database %s (open-file limit %d)",
+        server_config["host"], port, os.path.abspath(config["database"]["path"]), open_files,
+    )
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+
+    log.info("stopping: answering held requests and finishing in-flight sends")
+    server.stop()
+    store.waiters.close()
+    if not await app.settings["inflight"].drained(server_config["shutdown_grace_seconds"]):
+        log.warning("%d requests still open after the grace period", app.settings["inflight"].count)
+    await server.close_all_connections()
+    await store.close()
+    log.info("stopped")
+
+
+# -- accounts -----------------------------------------------------------------
+
+
+async def add_account(config: dict[str, dict[str, Any]], kind: str, account_id: int | None, fields: dict[str, Any]) -> dict[str, Any]:
+    store = await open_store(config)
+    try:
+        save = store.save_radar_user if kind == "user" else store.save_customer
+        saved_id, token = await save(account_id, **fields)
+    finally:
+        await store.close()
+    return {"id": saved_id, "token": token}
+
+
+async def demo_accounts(config: dict[str, dict[str, Any]], users: int, customers: int) -> dict[str, Any]:
+    store = await open_store(config)
+    try:
+        user_tokens, customer_tokens = await store.add_demo_accounts(users, customers)
+    finally:
+        await store.close()
+    return {
+        "users": {str(i): token for i, token in user_tokens.items()},
+        "customers": {str(i): token for i, token in customer_tokens.items()},
+    }
+
+
+# -- command line -------------------------------------------------------------
+
+
+def _token(value: str) -> str:
+    if not value or len(value) > 128 or not value.isprintable() or value.strip() != value:
+        raise argparse.ArgumentTypeError("a token is 1 to 128 printable characters without surrounding spaces")
+    return value
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _count(value: str) -> int:
+    number = _positive(value) if value != "0" else 0
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leida_chat.py", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", type=Path, help=f"TOML config file (default: {DEFAULT_CONFIG.name} if present)")
+        sub.add_argument("--db", help="SQLite database path (overrides database.path)")
+        return sub
+
+    serve_parser = command("serve", "run the chat server (the default command)")
+    serve_parser.add_argument("--host", help="address to listen on (overrides server.host)")
+    serve_parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+
+    user = command("add-user", "create or update a radar user; prints {\"id\", \"token\"}")
+    user.add_argument("--name", help="display name (required for a new user)")
+    user.add_argument("--id", type=_positive, help="account id; an existing id is updated")
+    user.add_argument("--token", type=_token, help="secret token (default: random 32 hex digits)")
+    for flag in ("avatar", "mingpian-avatar", "mingpian-phone", "wechat", "wechat-phone"):
+        user.add_argument(f"--{flag}")
+
+    customer = command("add-customer", "create or update a customer; prints {\"id\", \"token\"}")
+    customer.add_argument("--name", help="display name (required for a new customer)")
+    customer.add_argument("--id", type=_positive, help="account id; an existing id is updated")
+    customer.add_argument("--token", type=_token, help="secret token (default: random 32 hex digits)")
+    customer.add_argument("--headimgurl", help="avatar URL")
+
+    demo = command("demo-accounts", "create numbered radar users and customers in one transaction")
+    demo.add_argument("--users", type=_count, required=True)
+    demo.add_argument("--customers", type=_count, required=True)
+    demo.add_argument("--json", type=Path, required=True, help="file to write the ids and tokens to")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]
+    return build_parser().parse_args(argv)
+
+
+def config_for(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    config = load_config(path)
+    if args.db:
+        config["database"]["path"] = args.db
+    if getattr(args, "host", None):
+        config["server"]["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        config["server"]["port"] = args.port
+    _check(config)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = config_for(args)
+    except ConfigError as error:
+        print(f"leida_chat.py: configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config["log"]["level"].upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command in (None, "serve"):
+            asyncio.run(serve(config))
+            return 0
+        if args.command == "demo-accounts":
+            result = asyncio.run(demo_accounts(config, args.users, args.customers))
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result))
+            print(json.dumps({"users": len(result["users"]), "customers": len(result["customers"]), "json": str(args.json)}))
+            return 0
+        if args.command == "add-user":
+            fields = {
+                "username": args.name, "token": args.token, "avatar": args.avatar,
+                "mingpian_avatar": args.mingpian_avatar, "mingpian_phone": args.mingpian_phone,
+                "wechat": args.wechat, "wechat_phone": args.wechat_phone,
+            }
+            kind = "user"
+        else:
+            fields = {"username": args.name, "token": args.token, "headimgurl": args.headimgurl}
+            kind = "customer"
+        print(json.dumps(asyncio.run(add_account(config, kind, args.id, fields)), ensure_ascii=False))
+        return 0
+    except ValueError as error:  # e.g. a new account without --name
+        print(f"leida_chat.py {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Test fixtures: the real app, over real HTTP, on a real SQLite file in a temp dir."""
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import ujson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from handlers import ApiSettings, make_app  # noqa: E402
+from storage import ChatStore  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    token: str
+
+
+def sign(account: Account, timestamp_ms: int | None = None) -> dict[str, str]:
+    """The three signature parameters, exactly as an H5 page computes them."""
+    timestamp = str(int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
+    return {
+        "user_id": str(account.id),
+        "timestamp": timestamp,
+        "rand_str": hashlib.md5((timestamp + account.token).encode()).hexdigest(),
+    }
+
+
+class Api:
+    """A thin client for the contract's endpoints; every call is signed unless told not to."""
+
+    CUSTOMER = "/zhugeleida/gongzhonghao"
+    RADAR = "/zhugeleida/qiyeweixin"
+
+    def __init__(self, http_client: Any, base_url: str) -> None:
+        self.http = http_client
+        self.base_url = base_url
+
+    def url(self, path: str, account: Account | None, query: dict[str, Any] | None = None) -> str:
+        params: dict[str, Any] = dict(sign(account)) if account is not None else {}
+        params.update({k: v for k, v in (query or {}).items() if v is not None})
+        return f"{self.base_url}{path}?{urlencode(params)}"
+
+    async def raw(self, method: str, url: str, body: bytes | str | None = None, **kwargs: Any):
+        if method == "POST" and body is None:
+            body = b""
+        return await self.http.fetch(url, method=method, body=body, raise_error=False, **kwargs)
+
+    async def get(self, path: str, account: Account | None, request_timeout: float = 60, **query: Any) -> dict:
+        response = await self.raw("GET", self.url(path, account, query), request_timeout=request_timeout)
+        assert response.headers["Content-Type"].startswith("application/json"), response.body
+        return ujson.loads(response.body)
+
+    async def post(self, path: str, account: Account | None, form: dict[str, Any], **query: Any) -> dict:
+        body = urlencode({k: v for k, v in form.items() if v is not None})
+        response = await self.raw(
+            "POST", self.url(path, account, query), body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        return ujson.loads(response.body)
+
+    # -- customer side --------------------------------------------------------
+
+    async def customer_send(self, customer: Account, user_id: int, content: Any, **form: Any) -> dict:
+        if not isinstance(content, str):
+            content = ujson.dumps(content, ensure_ascii=False)
+        return await self.post(f"{self.CUSTOMER}/chat/send_msg/0", customer, {"u_id": user_id, "content": content, **form})
+
+    async def customer_getmsg(self, customer: Account, user_id: int, wait: Any = 0, **query: Any) -> dict:
+        return await self.get(f"{self.CUSTOMER}/chat/getmsg/0", customer, u_id=user_id, wait=wait, **query)
+
+    async def customer_history(self, customer: Account, user_id: int, **query: Any) -> dict:
+        return await self.get(f"{self.CUSTOMER}/chat", customer, u_id=user_id, **query)
+
+    async def customer_unread(self, customer: Account, user_id: int) -> int:
+        body = await self.get(f"{self.CUSTOMER}/chat/query_num/0", customer, u_id=user_id)
+        assert body["code"] == 200, body
+        return body["data"]["chatinfo_count"]
+
+    # -- radar-user side ------------------------------------------------------
+
+    async def radar_send(self, user: Account, customer_id: int, content: Any, **form: Any) -> dict:
+        if not isinstance(content, str):
+            content = ujson.dumps(content, ensure_ascii=False)
+        return await self.post(f"{self.RADAR}/chat/send_msg/0", user, {"customer_id": customer_id, "content": content, **form})
+
+    async def radar_getmsg(self, user: Account, customer_id: int | None = None, wait: Any = 0, **query: Any) -> dict:
+        return await self.get(f"{self.RADAR}/chat/getmsg/0", user, customer_id=customer_id, wait=wait, **query)
+
+    async def radar_history(self, user: Account, customer_id: int | None, **query: Any) -> dict:
+        return await self.get(f"{self.RADAR}/chat", user, customer_id=customer_id, **query)
+
+    async def radar_unread(self, user: Account, customer_id: int | None = None) -> int:
+        body = await self.get(f"{self.RADAR}/chat/query_num/0", user, customer_id=customer_id)
+        assert body["code"] == 200, body
+        return body["data"]["chatinfo_count"]
+
+    async def contacts(self, user: Account, **query: Any) -> dict:
+        return await self.get(f"{self.RADAR}/contact", user, **query)
+
+
+def text(msg: str) -> dict[str, Any]:
+    return {"info_type": 1, "msg": msg}
+
+
+@pytest.fixture
+def api_settings() -> ApiSettings:
+    """Override in a test module to try other limits."""
+    return ApiSettings()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "chat.db"
+
+
+@pytest.fixture
+def store(io_loop, db_path: Path):
+    store = io_loop.run_sync(lambda: ChatStore.open(db_path))
+    yield store
+    io_loop.run_sync(store.close)
+
+
+@pytest.fixture
+def app(store: ChatStore, api_settings: ApiSettings):
+    return make_app(store, api_settings)
+
+
+@pytest.fixture
+def api(http_client, base_url) -> Api:
+    return Api(http_client, base_url)
+
+
+@pytest.fixture
+def radar_user(io_loop, store: ChatStore) -> Account:
+    return Account(*io_loop.run_sync(lambda: store.save_radar_user(
+        None, username="王经理", avatar="https://img.example/avatar.png",
+        mingpian_avatar="https://img.example/card.png", mingpian_phone="18932674288",
+        wechat="wx_wang", wechat_phone="18866554433",
+    )))
+
+
+@pytest.fixture
+def other_radar_user(io_loop, store: ChatStore) -> Account:
+    return Account(*io_loop.run_sync(lambda: store.save_radar_user(
+        None, username="李四", avatar="https://img.example/li.png",
+    )))
+
+
+@pytest.fixture
+def customer(io_loop, store: ChatStore) -> Account:
+    return Account(*io_loop.run_sync(lambda: store.save_customer(
+        None, username="_zzz จุ๊บ 😀", headimgurl="https://wx.qlogo.cn/zzz/132",
+    )))
+
+
+@pytest.fixture
+def other_customer(io_loop, store: ChatStore) -> Account:
+    return Account(*io_loop.run_sync(lambda: store.save_customer(
+        None, username="小明", headimgurl="https://wx.qlogo.cn/xm/132",
+    )))
