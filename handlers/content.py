@@ -45,10 +45,12 @@ def parse_content(
         raise _invalid("content must be a JSON object") from None
     if not isinstance(content, dict):
         raise _invalid("content must be a JSON object")
-    try:  # lone surrogates from \ud800 escapes cannot be stored as UTF-8
-        ujson.dumps(content, ensure_ascii=False).encode("utf-8")
-    except (UnicodeEncodeError, OverflowError, ValueError):
+    try:  # lone surrogates (\ud800) cannot be stored as UTF-8; NaN/Infinity are not JSON
+        ujson.dumps(content, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
         raise _invalid("content contains characters that are not valid Unicode") from None
+    except (OverflowError, ValueError):
+        raise _invalid("content contains a number JSON cannot carry (NaN, Infinity or too large)") from None
 
     info_type = _info_type(content.get("info_type"))
     if info_type not in allowed_info_types:
