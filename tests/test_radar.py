@@ -555,3 +555,23 @@ async def test_same_customer_with_two_users_are_separate_conversations(
     assert await api.radar_unread(other_radar_user, customer.id) == 0  # read by the last_id fetch above
     assert await api.customer_unread(customer, other_radar_user.id) == 1
     assert await api.customer_unread(customer, radar_user.id) == 0
+
+
+@pytest.mark.gen_test
+async def test_radar_routes_are_signed_by_the_radar_user_only(api, customer, radar_user, other_radar_user):
+    # the fixtures' customer and radar user share id 1 but not a token
+    assert customer.id == radar_user.id
+    forged = Account(radar_user.id, customer.token)
+    for body in (
+        await api.radar_send(forged, customer.id, text("hi")),
+        await api.radar_getmsg(forged, customer.id),
+        await api.radar_history(forged, customer.id),
+        await api.get("/zhugeleida/qiyeweixin/chat/query_num/0", forged),
+        await api.contacts(forged),
+    ):
+        assert body == {"code": 400, "msg": "token异常", "data": body["data"]}
+    # a user_id in the form cannot make one radar user send as another
+    sent = await api.radar_send(radar_user, customer.id, text("who am i"), user_id=other_radar_user.id)
+    assert sent["code"] == 200
+    assert msgs(await api.radar_history(radar_user, customer.id)) == ["who am i"]
+    assert (await api.radar_history(other_radar_user, customer.id))["data"]["data_count"] == 0
