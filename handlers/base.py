@@ -50,11 +50,13 @@ def redact_uri(uri: str) -> str:
 def log_request(handler: RequestHandler) -> None:
     """The access log line, as tornado's but with secrets redacted."""
     status = handler.get_status()
-    log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+    code = getattr(handler, "envelope_code", status)
+    log = access_log.info if code < 400 else access_log.warning if status < 500 else access_log.error
     request = handler.request
     log(
-        "%d %s %s (%s) %.2fms",
+        "%d %s %s %s (%s) %.2fms",
         status,
+        f"code={code}",
         request.method,
         redact_uri(request.uri or ""),
         request.remote_ip,
@@ -112,6 +114,7 @@ class ApiHandler(RequestHandler):
         self.set_header("Cache-Control", "no-store")
 
     def reply(self, msg: str, data: Any, code: int = 200) -> None:
+        self.envelope_code = code
         self.finish(ujson.dumps({"code": code, "msg": msg, "data": data}, ensure_ascii=False))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

@@ -197,3 +197,14 @@ class TestWaitCap:
         started = time.monotonic()
         await api.get("/zhugeleida/gongzhonghao/chat/getmsg/0", customer, u_id=radar_user.id)
         assert 0.4 <= time.monotonic() - started < 1.2
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_finished_waits_leave_no_waiter_behind(api, store, customer, radar_user):
+    await asyncio.gather(*(api.customer_getmsg(customer, radar_user.id, wait=0.3) for _ in range(20)))
+    tasks = [asyncio.ensure_future(api.radar_getmsg(radar_user, wait=5)) for _ in range(5)]
+    await asyncio.sleep(0.3)
+    assert len(store.waiters) == 5
+    await api.customer_send(customer, radar_user.id, text("wake all five"))
+    await asyncio.gather(*tasks)
+    assert len(store.waiters) == 0
