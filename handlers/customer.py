@@ -4,16 +4,15 @@ Signed by the customer; ``u_id`` names the radar user, who must exist.
 """
 from __future__ import annotations
 
-from storage import FROM_CUSTOMER, Customer, RadarUser, Side, conversation_key
+from storage import Customer, RadarUser, Side
 
 from .base import SignedHandler
-from .content import CUSTOMER_INFO_TYPES, parse_content
+from .content import CUSTOMER_INFO_TYPES
 from .errors import InvalidParams
 from .items import customer_history_item, customer_item
 from .longpoll import LongPollHandler
 from .params import Params
-
-CLIENT_MSG_ID_MAX_CHARS = 64
+from .sending import SendMessageHandler
 
 
 class CustomerHandler(SignedHandler):
@@ -37,27 +36,19 @@ class CustomerHandler(SignedHandler):
         return user
 
 
-class SendHandler(CustomerHandler):
+class SendHandler(CustomerHandler, SendMessageHandler):
     """POST /zhugeleida/gongzhonghao/chat/send_msg/{o_id}"""
+
+    side = Side.CUSTOMER
+    info_types = CUSTOMER_INFO_TYPES
+    success_msg = "send msg successful"
 
     async def post(self, _o_id: str) -> None:
         form = self.form()
         user_id = self.read_radar_user_id(form)
-        raw_content = form.text("content", required=True)
-        send_type = form.integer("send_type")
-        if send_type is not None and send_type != FROM_CUSTOMER:
-            form.fail("send_type", f"send_type must be {FROM_CUSTOMER} on the customer side")
-        client_msg_id = form.text("client_msg_id", max_length=CLIENT_MSG_ID_MAX_CHARS)
-        form.check()
-        content = parse_content(
-            raw_content,
-            allowed_info_types=CUSTOMER_INFO_TYPES,
-            msg_max_chars=self.api.msg_max_chars,
-            content_max_bytes=self.api.content_max_bytes,
-        )
+        content, client_msg_id = self.read_message(form)
         await self.require_radar_user(user_id)
-        receipt = await self.store.send(self.signer.id, user_id, FROM_CUSTOMER, content, client_msg_id)
-        self.reply("send msg successful", {"id": receipt.id, "dateTime": receipt.created_at})
+        await self.store_and_reply(self.signer.id, user_id, content, client_msg_id)
 
 
 class GetMsgHandler(CustomerHandler, LongPollHandler):
@@ -66,27 +57,10 @@ class GetMsgHandler(CustomerHandler, LongPollHandler):
     async def get(self, _o_id: str) -> None:
         query = self.query()
         user_id = self.read_radar_user_id(query)
-        wait = query.seconds("wait", default=self.api.longpoll_timeout, cap=self.api.longpoll_max_timeout)
-        last_id = query.integer("last_id", minimum=0)
+        wait, last_id = self.read_poll(query)
         query.check()
         await self.require_radar_user(user_id)
-        customer_id = self.signer.id
-        limit = self.api.getmsg_max_items
-
-        def fetch():
-            if last_id is None:
-                return self.store.unread_messages(Side.CUSTOMER, user_id, customer_id, limit)
-            return self.store.messages_after(last_id, user_id, customer_id, limit)
-
-        messages = await self.hold_until_new((conversation_key(customer_id, user_id),), fetch, wait)
-        if messages is None:
-            return
-        if any(not message.read_by_customer for message in messages):
-            await self.store.mark_read(Side.CUSTOMER, user_id, {customer_id: messages[-1].id})
-        self.reply(
-            "实时获取-最新聊天信息成功" if messages else "没有得到实时聊天信息",
-            {"ret_data": [customer_item(message) for message in messages], "data_count": len(messages)},
-        )
+        await self.answer_getmsg(Side.CUSTOMER, user_id, self.signer.id, last_id, wait, customer_item)
 
 
 class HistoryHandler(CustomerHandler):

@@ -11,14 +11,53 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from storage import Message, WaitKey
+from storage import Message, Side, WaitKey, conversation_key, inbox_key
 
 from .base import SignedHandler
+from .params import Params
 
 
 class LongPollHandler(SignedHandler):
+    """getmsg, for either side: hold, deliver, mark delivered messages read."""
+
     _waiting: asyncio.Future | None = None
+
+    def read_poll(self, query: Params) -> tuple[float, int | None]:
+        """``wait`` (capped) and the ``last_id`` resume cursor."""
+        wait = query.seconds("wait", default=self.api.longpoll_timeout, cap=self.api.longpoll_max_timeout)
+        return wait, query.integer("last_id", minimum=0)
+
+    async def answer_getmsg(
+        self,
+        side: Side,
+        user_id: int,
+        customer_id: int | None,
+        last_id: int | None,
+        wait: float,
+        render: Callable[[Message], dict[str, Any]],
+    ) -> None:
+        """Without ``last_id`` the side's read position decides what is new; with it, the client.
+
+        ``customer_id=None`` is the radar user's whole inbox.
+        """
+        limit = self.api.getmsg_max_items
+        key = inbox_key(user_id) if customer_id is None else conversation_key(customer_id, user_id)
+
+        def fetch() -> Awaitable[list[Message]]:
+            if last_id is None:
+                return self.store.unread_messages(side, user_id, customer_id, limit)
+            return self.store.messages_after(last_id, user_id, customer_id, limit)
+
+        messages = await self.hold_until_new((key,), fetch, wait)
+        if messages is None:
+            return
+        await self.store.mark_delivered(side, messages)
+        self.reply(
+            "实时获取-最新聊天信息成功" if messages else "没有得到实时聊天信息",
+            {"ret_data": [render(message) for message in messages], "data_count": len(messages)},
+        )
 
     async def hold_until_new(
         self, keys: tuple[WaitKey, ...], fetch: Callable[[], Awaitable[list[Message]]], wait: float

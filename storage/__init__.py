@@ -11,8 +11,9 @@ from .records import (
     Message,
     RadarUser,
     SendReceipt,
+    Side,
 )
-from .store import ChatStore, Side, local_timestamp
+from .store import ChatStore, local_timestamp
 from .waiters import WaitKey, Waiters, conversation_key, inbox_key
 from .writer import WriterClosed
 

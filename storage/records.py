@@ -2,11 +2,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 #: send_type values, as the original API numbers them.
 FROM_RADAR_USER = 1
 FROM_CUSTOMER = 2
+
+
+class Side(Enum):
+    """A side of a conversation, each with its own read position (the value is its column)."""
+
+    CUSTOMER = "customer_read_id"
+    RADAR_USER = "user_read_id"
+
+    @property
+    def send_type(self) -> int:
+        """The send_type of the messages this side sends."""
+        return FROM_CUSTOMER if self is Side.CUSTOMER else FROM_RADAR_USER
+
+    @property
+    def unread_send_type(self) -> int:
+        """The messages a side counts as unread are the other side's."""
+        return FROM_RADAR_USER if self is Side.CUSTOMER else FROM_CUSTOMER
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +80,9 @@ class Message:
     customer_name: str
     customer_headimgurl: str
     user_avatar: str
+
+    def read_by(self, side: Side) -> bool:
+        return self.read_by_customer if side is Side.CUSTOMER else self.read_by_user
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ import logging
 import secrets
 from collections.abc import Iterable
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +26,13 @@ from .records import (
     Message,
     RadarUser,
     SendReceipt,
+    Side,
 )
 from .schema import migrate
 from .waiters import Waiters
 from .writer import Writer
 
 log = logging.getLogger("leida_chat.storage")
-
-
-class Side(Enum):
-    """A side of a conversation, each with its own read position."""
-
-    CUSTOMER = "customer_read_id"
-    RADAR_USER = "user_read_id"
-
-    @property
-    def unread_send_type(self) -> int:
-        """The messages a side counts as unread are the other side's."""
-        return FROM_RADAR_USER if self is Side.CUSTOMER else FROM_CUSTOMER
 
 
 _MESSAGE_COLUMNS = """
@@ -342,15 +330,20 @@ class ChatStore:
             params += (customer_id,)
         return where, params
 
-    async def mark_read(self, side: Side, user_id: int, read_up_to: dict[int, int]) -> None:
-        """Move ``side``'s read position forward, per customer_id, to the given id.
+    async def mark_delivered(self, side: Side, messages: list[Message]) -> None:
+        """Delivered messages become read for ``side``: move its read positions past them."""
+        positions: dict[tuple[int, int], int] = {}
+        for message in messages:  # oldest first, so the last unread one per conversation wins
+            if not message.read_by(side):
+                positions[(message.customer_id, message.user_id)] = message.id
+        await self._move_read_positions(side, positions)
 
-        Positions never move back, so a late or repeated mark is harmless.
-        """
-        column = side.value
-        rows = [(up_to, customer_id, user_id, up_to) for customer_id, up_to in read_up_to.items()]
-        if not rows:
+    async def _move_read_positions(self, side: Side, positions: dict[tuple[int, int], int]) -> None:
+        """Positions only move forward, so a late or repeated mark is harmless."""
+        if not positions:
             return
+        column = side.value
+        rows = [(up_to, customer_id, user_id, up_to) for (customer_id, user_id), up_to in positions.items()]
 
         async def op(conn: aiosqlite.Connection) -> None:
             await conn.executemany(
@@ -383,7 +376,7 @@ class ChatStore:
             )
             messages.reverse()
         if total and read_position < newest_id:
-            await self.mark_read(side, user_id, {customer_id: newest_id})
+            await self._move_read_positions(side, {(customer_id, user_id): newest_id})
         return HistoryPage(messages=messages, total=total, newest_id=newest_id)
 
     async def contacts(self, user_id: int, offset: int, limit: int) -> tuple[list[Contact], int]:
