@@ -15,6 +15,7 @@ import logging
 import os
 import resource
 import signal
+import sqlite3
 import sys
 import tomllib
 from pathlib import Path
@@ -24,6 +25,7 @@ from tornado.httpserver import HTTPServer
 
 from handlers import ApiSettings, make_app
 from storage import ChatStore
+from storage.schema import SchemaTooNew
 
 log = logging.getLogger("leida_chat")
 
@@ -229,19 +231,28 @@ def _token(value: str) -> str:
     return value
 
 
-def _positive(value: str) -> int:
+def _integer(value: str, minimum: int, maximum: int) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+    if not minimum <= number <= maximum:
+        raise argparse.ArgumentTypeError(f"must be between {minimum} and {maximum}")
     return number
+
+
+def _account_id(value: str) -> int:
+    return _integer(value, 1, 2**63 - 1)
 
 
 def _count(value: str) -> int:
-    number = _positive(value) if value != "0" else 0
-    return number
+    return _integer(value, 0, 1_000_000)
+
+
+def _name(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("a name must not be empty")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,15 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
 
     user = command("add-user", "create or update a radar user; prints {\"id\", \"token\"}")
-    user.add_argument("--name", help="display name (required for a new user)")
-    user.add_argument("--id", type=_positive, help="account id; an existing id is updated")
+    user.add_argument("--name", type=_name, help="display name (required for a new user)")
+    user.add_argument("--id", type=_account_id, help="account id; an existing id is updated")
     user.add_argument("--token", type=_token, help="secret token (default: random 32 hex digits)")
     for flag in ("avatar", "mingpian-avatar", "mingpian-phone", "wechat", "wechat-phone"):
         user.add_argument(f"--{flag}")
 
     customer = command("add-customer", "create or update a customer; prints {\"id\", \"token\"}")
-    customer.add_argument("--name", help="display name (required for a new customer)")
-    customer.add_argument("--id", type=_positive, help="account id; an existing id is updated")
+    customer.add_argument("--name", type=_name, help="display name (required for a new customer)")
+    customer.add_argument("--id", type=_account_id, help="account id; an existing id is updated")
     customer.add_argument("--token", type=_token, help="secret token (default: random 32 hex digits)")
     customer.add_argument("--headimgurl", help="avatar URL")
 
@@ -333,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # e.g. a new account without --name
         print(f"leida_chat.py {args.command}: {error}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.Error, SchemaTooNew) as error:  # e.g. a database that cannot be opened
+        print(f"leida_chat.py {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from storage import ChatStore, Customer, RadarUser
 
 from .errors import ApiFailure, SignatureRejected
-from .params import Params
+from .params import INT64_MAX, Params
 from .settings import ApiSettings
 
 access_log = logging.getLogger("tornado.access")
@@ -202,6 +202,8 @@ class SignedHandler(ApiHandler):
         if not (_DIGITS.fullmatch(account_id) and _DIGITS.fullmatch(timestamp) and _MD5_HEX.fullmatch(rand_str)):
             raise SignatureRejected()
         if self.api.max_skew_seconds and abs(time.time() * 1000 - int(timestamp)) > self.api.max_skew_seconds * 1000:
+            raise SignatureRejected()
+        if int(account_id) > INT64_MAX:  # no such account can exist; SQLite would overflow
             raise SignatureRejected()
         account = await self.find_signer(int(account_id))
         if account is None:
