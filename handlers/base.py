@@ -166,7 +166,6 @@ class SignedHandler(ApiHandler):
         self._body_chunks: list[bytes] = []
         self._body_size = 0
         self._body_rejected = False
-        self._form: Params | None = None
         self.reject_unimplemented_method()
         self.reject_declared_oversized_body()
         self.signer = await self.verify_signature()
