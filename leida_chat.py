@@ -46,7 +46,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "auth": {"max_skew_seconds": 900.0},
     "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200},
     "limits": {"msg_max_chars": 5000, "content_max_bytes": 16 * 1024, "history_max_length": 100},
-    "log": {"level": "INFO"},
+    "log": {"level": "INFO", "access": True},
 }
 
 
@@ -164,7 +164,7 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
     server_config = config["server"]
     open_files = raise_open_file_limit()
     store = await open_store(config)
-    app = make_app(store, api_settings(config))
+    app = make_app(store, api_settings(config), access_log=config["log"]["access"])
     server = HTTPServer(
         app,
         idle_connection_timeout=server_config["idle_connection_timeout"],

@@ -33,16 +33,20 @@ def routes(deps: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
     return [(pattern, handler, deps) for pattern, handler in table]
 
 
-def make_app(store: ChatStore, settings: ApiSettings | None = None) -> Application:
+def make_app(store: ChatStore, settings: ApiSettings | None = None, access_log: bool = True) -> Application:
     """The tornado application; ``app.settings["inflight"]`` counts unanswered requests."""
     deps = {"store": store, "settings": settings or ApiSettings(), "inflight": InFlight()}
     return Application(
         routes(deps),
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
-        log_function=log_request,
+        log_function=log_request if access_log else _no_access_log,
         inflight=deps["inflight"],
     )
+
+
+def _no_access_log(handler: Any) -> None:
+    """Access logging off (log.access = false): at thousands of requests a second it costs."""
 
 
 __all__ = ["ApiSettings", "make_app"]

@@ -1,0 +1,190 @@
+"""What every benchmark here shares: a real server subprocess on a temp database,
+demo accounts, signed URLs, a lean keep-alive HTTP client on raw asyncio streams,
+and readings of the server's CPU time and memory from /proc.
+
+The client is deliberately minimal (one connection = one reader/writer pair, no
+per-request objects beyond the bytes) so that the load generator is not the
+bottleneck on a 2-core machine shared with the server.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def raise_open_file_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def signed_path(path: str, account_id: int | str, token: str, **params: object) -> str:
+    timestamp = str(int(time.time() * 1000))
+    query = {"user_id": account_id, "timestamp": timestamp,
+             "rand_str": hashlib.md5((timestamp + token).encode()).hexdigest(), **params}
+    return f"{path}?{urlencode(query)}"
+
+
+@dataclass
+class ProcessSample:
+    cpu_seconds: float
+    rss_mb: float
+    at: float
+
+
+def sample(pid: int) -> ProcessSample:
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    rss_kb = 0
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            if line.startswith("VmRSS:"):
+                rss_kb = int(line.split()[1])
+    return ProcessSample(cpu, rss_kb / 1024, time.monotonic())
+
+
+def cpu_percent(before: ProcessSample, after: ProcessSample) -> float:
+    return 100.0 * (after.cpu_seconds - before.cpu_seconds) / max(after.at - before.at, 1e-9)
+
+
+class ChatServer:
+    """``python leida_chat.py serve`` on a fresh database in a temp dir."""
+
+    def __init__(self, users: int, customers: int, env: dict[str, str] | None = None,
+                 python: str = sys.executable) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="leida-bench-"))
+        self.db = self.dir / "bench.db"
+        self.port = free_port()
+        self.env = {**os.environ, "LEIDA_LOG_ACCESS": "false", **(env or {})}
+        self.python = python
+        accounts_file = self.dir / "accounts.json"
+        subprocess.run(
+            [python, str(ROOT / "leida_chat.py"), "demo-accounts", "--db", str(self.db),
+             "--users", str(users), "--customers", str(customers), "--json", str(accounts_file)],
+            check=True, env=self.env, stdout=subprocess.DEVNULL, timeout=120,
+        )
+        accounts = json.loads(accounts_file.read_text())
+        self.users = {int(k): v for k, v in accounts["users"].items()}
+        self.customers = {int(k): v for k, v in accounts["customers"].items()}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ChatServer":
+        self.log = open(self.dir / "server.log", "w")
+        self.process = subprocess.Popen(
+            [self.python, str(ROOT / "leida_chat.py"), "serve", "--db", str(self.db),
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, self.process)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+        finally:
+            self.log.close()
+
+    def __enter__(self) -> "ChatServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, port: int, host: str = "127.0.0.1") -> "Connection":
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+        return cls(reader, writer, f"{host}:{port}")
+
+    def send(self, method: str, path: str, body: bytes = b"",
+             content_type: str = "application/x-www-form-urlencoded") -> None:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if method == "POST":
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+
+    async def response(self) -> tuple[int, bytes]:
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        self.send(method, path, body)
+        return await self.response()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def print_table(title: str, rows: list[tuple[str, object]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}")
+    print("-" * (width + 20))
+    for name, value in rows:
+        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+        print(f"{name:<{width}}  {shown:>16}")

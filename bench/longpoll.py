@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Many held getmsg requests, then replies to some of them at a fixed rate.
+
+Starts the server on a temp database with 1 radar user and N customers, holds
+one customer getmsg per conversation (N held), measures the server's RSS and
+its CPU use while they sit idle, then has the radar user reply to M of them at
+R messages/s and measures, per reply, the time from writing the send request
+to receiving the held getmsg's answer. Prints a table and one JSON line.
+
+    python bench/longpoll.py                       # 10,000 held, 5,000 replies at 1,000/s
+    python bench/longpoll.py --waiters 2000 --replies 500 --rate 200
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    ChatServer, Connection, cpu_percent, percentile, print_table, raise_open_file_limit, sample, signed_path,
+)
+
+CUSTOMER_GETMSG = "/zhugeleida/gongzhonghao/chat/getmsg/0"
+RADAR_SEND = "/zhugeleida/qiyeweixin/chat/send_msg/0"
+
+
+async def hold(port: int, customer_id: int, token: str, user_id: int, wait: float,
+               received: dict[int, float], early: list[int]) -> Connection:
+    connection = await Connection.open(port)
+    connection.send("GET", signed_path(CUSTOMER_GETMSG, customer_id, token, u_id=user_id, wait=wait))
+
+    async def await_answer() -> None:
+        try:
+            status, body = await connection.response()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        received[customer_id] = time.perf_counter()
+        if status != 200 or b'"code":200' not in body:
+            early.append(customer_id)
+
+    asyncio.ensure_future(await_answer())
+    return connection
+
+
+async def run(args: argparse.Namespace) -> dict:
+    raise_open_file_limit()
+    server = ChatServer(users=1, customers=args.waiters, python=args.python)
+    (user_id, user_token), = server.users.items()
+    customers = sorted(server.customers.items())
+    received: dict[int, float] = {}
+    errors: list[int] = []
+    connections: list[Connection] = []
+    with server:
+        started = time.monotonic()
+        for first in range(0, len(customers), args.connect_batch):
+            batch = customers[first:first + args.connect_batch]
+            connections += await asyncio.gather(*(
+                hold(server.port, cid, token, user_id, args.wait, received, errors) for cid, token in batch
+            ))
+        await asyncio.sleep(1.0)
+        connect_seconds = time.monotonic() - started
+        held_before = args.waiters - len(received)
+
+        idle_start = sample(server.pid)
+        await asyncio.sleep(args.idle_seconds)
+        idle_end = sample(server.pid)
+        answered_early = len(received)
+
+        # Replies: a pool of keep-alive connections for the radar user's sends.
+        senders: asyncio.Queue[Connection] = asyncio.Queue()
+        for _ in range(args.send_connections):
+            senders.put_nowait(await Connection.open(server.port))
+        sent_at: dict[int, float] = {}
+        send_failures = 0
+        targets = [cid for cid, _ in customers[:args.replies]]
+        body_template = "customer_id={}&content=%7B%22info_type%22%3A1%2C%22msg%22%3A%22bench%22%7D"
+
+        async def reply(customer_id: int) -> None:
+            nonlocal send_failures
+            connection = await senders.get()
+            sent_at[customer_id] = time.perf_counter()
+            status, body = await connection.request(
+                "POST", signed_path(RADAR_SEND, user_id, user_token), body_template.format(customer_id).encode())
+            if status != 200 or b'"code":200' not in body:
+                send_failures += 1
+            senders.put_nowait(connection)
+
+        send_start = time.perf_counter()
+        busy_start = sample(server.pid)
+        tasks = []
+        for index, customer_id in enumerate(targets):
+            delay = send_start + index / args.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(reply(customer_id)))
+        await asyncio.gather(*tasks)
+        send_seconds = time.perf_counter() - send_start
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum(1 for c in targets if c in received) < len(targets):
+            await asyncio.sleep(0.05)
+        busy_end = sample(server.pid)
+        delivered = [c for c in targets if c in received]
+        latencies = sorted((received[c] - sent_at[c]) * 1000 for c in delivered)
+        still_held = args.waiters - len(received)
+
+        for connection in connections:
+            connection.close()
+    return {
+        "waiters": args.waiters,
+        "held": held_before,
+        "answered_before_any_reply": answered_early,
+        "connect_seconds": round(connect_seconds, 2),
+        "server_rss_mb": round(idle_end.rss_mb, 1),
+        "idle_cpu_percent": round(cpu_percent(idle_start, idle_end), 2),
+        "idle_seconds": args.idle_seconds,
+        "replies": len(targets),
+        "rate_target": args.rate,
+        "rate_achieved": round(len(targets) / send_seconds, 1),
+        "send_failures": send_failures,
+        "delivered": len(delivered),
+        "not_delivered": len(targets) - len(delivered),
+        "still_held_after": still_held,
+        "bad_answers": len(errors),
+        "latency_ms_p50": round(percentile(latencies, 0.50), 3),
+        "latency_ms_p90": round(percentile(latencies, 0.90), 3),
+        "latency_ms_p99": round(percentile(latencies, 0.99), 3),
+        "latency_ms_max": round(latencies[-1], 3) if latencies else None,
+        "server_cpu_percent_during_replies": round(cpu_percent(busy_start, busy_end), 1),
+        "server_rss_mb_after": round(busy_end.rss_mb, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--waiters", type=int, default=10_000, help="held getmsg requests, one per conversation")
+    parser.add_argument("--replies", type=int, default=5_000, help="how many of them get a reply")
+    parser.add_argument("--rate", type=float, default=1_000, help="replies per second")
+    parser.add_argument("--idle-seconds", type=float, default=10, help="how long to watch the idle held requests")
+    parser.add_argument("--wait", type=float, default=55, help="the getmsg wait parameter")
+    parser.add_argument("--send-connections", type=int, default=32)
+    parser.add_argument("--connect-batch", type=int, default=500)
+    parser.add_argument("--python", default=sys.executable, help="interpreter that runs the server")
+    args = parser.parse_args()
+    if args.replies > args.waiters:
+        parser.error("--replies must not exceed --waiters")
+    result = asyncio.run(run(args))
+    print_table("long-poll: held requests and reply delivery", list(result.items()))
+    print(json.dumps({"bench": "longpoll", **result}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Request rate of send_msg and getmsg?wait=0 next to a bare Tornado handler.
+
+All three are driven by wrk (32 connections, 2 threads) in the same run on the
+same machine. send_msg is the real thing: signed, validated, and durable in
+SQLite before its 200. Every answer's envelope is checked; any code other than
+200 counts as an error. Prints each rate, the ratios, and one JSON line.
+
+    python bench/throughput.py                      # 10 s per target
+    python bench/throughput.py --seconds 30 --connections 64
+
+Needs wrk (Debian: apt-get install wrk).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ChatServer, free_port, print_table, sample, cpu_percent, signed_path, wait_for_port  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CUSTOMER_SEND = "/zhugeleida/gongzhonghao/chat/send_msg/0"
+CUSTOMER_GETMSG = "/zhugeleida/gongzhonghao/chat/getmsg/0"
+
+LUA = r"""
+local specs = {%s}
+local requests = {}
+local counter = 0
+errors = 0  -- global: done() reads it from each thread
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  -- formatted here, once wrk has set the Host header
+  for i, spec in ipairs(specs) do
+    requests[i] = wrk.format(spec[1], spec[2], spec[3], spec[4])
+  end
+  counter = math.random(#requests)
+end
+
+function request()
+  counter = counter %% #requests + 1
+  return requests[counter]
+end
+
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, '"code":200', 1, true) then
+    errors = errors + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do
+    total = total + (thread:get("errors") or 0)
+  end
+  io.write(string.format("envelope_errors %%d\n", total))
+end
+"""
+
+
+def lua_script(requests: list[tuple[str, str, str]]) -> str:
+    """requests: (method, path, body)"""
+    entries = []
+    for method, path, body in requests:
+        headers = '{["Content-Type"]="application/x-www-form-urlencoded"}' if method == "POST" else "{}"
+        entries.append(f'{{"{method}", "{path}", {headers}, "{body}"}}')
+    return LUA % ",\n".join(entries)
+
+
+def run_wrk(port: int, script: str, seconds: float, connections: int, threads: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(script)
+    output = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", file.name,
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=seconds + 60,
+    ).stdout
+    if "Requests/sec" not in output:
+        raise RuntimeError(f"wrk failed:\n{output}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    errors = int(re.search(r"envelope_errors (\d+)", output).group(1))
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    p50 = re.search(r"50%\s+([\d.]+\w+)", output).group(1)
+    p99 = re.search(r"99%\s+([\d.]+\w+)", output).group(1)
+    return {"rate": rate, "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
+            "socket_errors": socket_errors.group(1) if socket_errors else "none", "p50": p50, "p99": p99}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--customers", type=int, default=1000, help="distinct signed senders in the rotation")
+    parser.add_argument("--python", default=sys.executable, help="interpreter that runs both servers")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+
+    results: dict[str, dict] = {}
+    bare_port = free_port()
+    bare = subprocess.Popen([args.python, str(HERE / "bare_tornado.py"), str(bare_port)])
+    try:
+        wait_for_port(bare_port, bare)
+        results["bare_get"] = run_wrk(bare_port, lua_script([("GET", "/bare", "")]), args.seconds,
+                                      args.connections, args.threads)
+        results["bare_post"] = run_wrk(bare_port, lua_script([("POST", "/bare", "u_id=1&content=x")]),
+                                       args.seconds, args.connections, args.threads)
+    finally:
+        bare.terminate()
+        bare.wait()
+
+    server = ChatServer(users=1, customers=args.customers, python=args.python)
+    (user_id, _), = server.users.items()
+    content = "%7B%22info_type%22%3A1%2C%22msg%22%3A%22throughput%20bench%20%F0%9F%98%80%22%7D"
+    sends = [("POST", signed_path(CUSTOMER_SEND, cid, token), f"u_id={user_id}&content={content}")
+             for cid, token in server.customers.items()]
+    polls = [("GET", signed_path(CUSTOMER_GETMSG, cid, token, u_id=user_id, wait=0), "")
+             for cid, token in server.customers.items()]
+    with server:
+        before = sample(server.pid)
+        results["send_msg"] = run_wrk(server.port, lua_script(sends), args.seconds, args.connections, args.threads)
+        middle = sample(server.pid)
+        results["getmsg_wait0"] = run_wrk(server.port, lua_script(polls), args.seconds, args.connections,
+                                          args.threads)
+        after = sample(server.pid)
+    results["send_msg"]["server_cpu_percent"] = round(cpu_percent(before, middle), 1)
+    results["getmsg_wait0"]["server_cpu_percent"] = round(cpu_percent(middle, after), 1)
+    ratios = {
+        "send_msg_vs_bare_post": round(results["send_msg"]["rate"] / results["bare_post"]["rate"], 3),
+        "getmsg_vs_bare_get": round(results["getmsg_wait0"]["rate"] / results["bare_get"]["rate"], 3),
+    }
+    rows: list[tuple[str, object]] = []
+    for name, result in results.items():
+        rows += [(f"{name} req/s", result["rate"]), (f"{name} errors", result["errors"]),
+                 (f"{name} latency p50/p99", f"{result['p50']} / {result['p99']}")]
+    rows += list(ratios.items())
+    print_table(f"throughput: wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s", rows)
+    print(json.dumps({"bench": "throughput", "connections": args.connections, "seconds": args.seconds,
+                      **results, **ratios}))
+
+
+if __name__ == "__main__":
+    main()
