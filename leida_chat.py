@@ -43,7 +43,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "shutdown_grace_seconds": 5.0,
     },
     "database": {"path": "data/leida_chat.db", "synchronous": "FULL"},
-    "auth": {"max_skew_seconds": 900.0},
+    "auth": {"max_skew_seconds": 900.0, "account_cache_seconds": 5.0},
     "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200},
     "limits": {"msg_max_chars": 5000, "content_max_bytes": 16 * 1024, "history_max_length": 100},
     "log": {"level": "INFO", "access": True},
@@ -140,7 +140,9 @@ def api_settings(config: dict[str, dict[str, Any]]) -> ApiSettings:
 
 
 async def open_store(config: dict[str, dict[str, Any]]) -> ChatStore:
-    return await ChatStore.open(config["database"]["path"], config["database"]["synchronous"])
+    return await ChatStore.open(
+        config["database"]["path"], config["database"]["synchronous"], config["auth"]["account_cache_seconds"]
+    )
 
 
 def raise_open_file_limit() -> int:

@@ -28,6 +28,7 @@ from .records import (
     SendReceipt,
     Side,
 )
+from .accounts import AccountCache
 from .schema import migrate
 from .waiters import Waiters
 from .writer import Writer
@@ -94,14 +95,20 @@ def _message(row: tuple) -> Message:
 class ChatStore:
     """The one object handlers talk to for anything stored."""
 
-    def __init__(self, write_conn: aiosqlite.Connection, read_conn: aiosqlite.Connection) -> None:
+    def __init__(
+        self, write_conn: aiosqlite.Connection, read_conn: aiosqlite.Connection, account_cache_seconds: float
+    ) -> None:
         self._write_conn = write_conn
         self._read_conn = read_conn
         self._writer = Writer(write_conn)
+        self._customers: AccountCache[Customer] = AccountCache(account_cache_seconds)
+        self._radar_users: AccountCache[RadarUser] = AccountCache(account_cache_seconds)
         self.waiters = Waiters()
 
     @classmethod
-    async def open(cls, path: str | Path, synchronous: str = "FULL") -> "ChatStore":
+    async def open(
+        cls, path: str | Path, synchronous: str = "FULL", account_cache_seconds: float = 5.0
+    ) -> "ChatStore":
         """Open (creating and migrating if needed) the database at ``path``."""
         synchronous = synchronous.upper()
         if synchronous not in SYNCHRONOUS_MODES:
@@ -121,7 +128,7 @@ class ChatStore:
             raise
         await read_conn.execute("PRAGMA busy_timeout = 5000")
         await read_conn.execute("PRAGMA query_only = 1")
-        return cls(write_conn, read_conn)
+        return cls(write_conn, read_conn, account_cache_seconds)
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections."""
@@ -148,24 +155,38 @@ class ChatStore:
     # -- accounts ------------------------------------------------------------
 
     async def customer(self, customer_id: int) -> Customer | None:
-        row = await self._one(
-            "SELECT id, username, headimgurl, token FROM customer WHERE id = ?", (customer_id,)
-        )
-        return Customer(*row) if row else None
+        customer = self._customers.get(customer_id)
+        if customer is None:
+            row = await self._one(
+                f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer WHERE id = ?", (customer_id,)
+            )
+            if row is not None:
+                customer = Customer(*row)
+                self._customers.put(customer_id, customer)
+        return customer
 
     async def radar_user(self, user_id: int) -> RadarUser | None:
-        row = await self._one(
-            f"SELECT id, {', '.join(_RADAR_USER_FIELDS)} FROM radar_user WHERE id = ?", (user_id,)
-        )
-        return RadarUser(*row) if row else None
+        user = self._radar_users.get(user_id)
+        if user is None:
+            row = await self._one(
+                f"SELECT id, {', '.join(_RADAR_USER_FIELDS)} FROM radar_user WHERE id = ?", (user_id,)
+            )
+            if row is not None:
+                user = RadarUser(*row)
+                self._radar_users.put(user_id, user)
+        return user
 
     async def save_customer(self, customer_id: int | None = None, **fields: str | None) -> tuple[int, str]:
         """Create a customer, or update the given fields of an existing one."""
-        return await self._save_account("customer", _CUSTOMER_FIELDS, customer_id, fields)
+        saved = await self._save_account("customer", _CUSTOMER_FIELDS, customer_id, fields)
+        self._customers.drop(saved[0])
+        return saved
 
     async def save_radar_user(self, user_id: int | None = None, **fields: str | None) -> tuple[int, str]:
         """Create a radar user, or update the given fields of an existing one."""
-        return await self._save_account("radar_user", _RADAR_USER_FIELDS, user_id, fields)
+        saved = await self._save_account("radar_user", _RADAR_USER_FIELDS, user_id, fields)
+        self._radar_users.drop(saved[0])
+        return saved
 
     async def _save_account(
         self, table: str, allowed: tuple[str, ...], account_id: int | None, fields: dict[str, str | None]

@@ -243,8 +243,12 @@ def test_add_user_with_token_and_id_uses_them(tmp_path):
     assert user == Account(42, "my-secret-token")
 
 
+CACHE_SECONDS = 0.5  # auth.account_cache_seconds for servers that see CLI updates
+
+
 def test_add_user_update_keeps_token_and_changes_fields_seen_over_http(tmp_path, start_server):
-    server = start_server(*serve_args(tmp_path))
+    # A running server sees a CLI change once its account cache entry expires.
+    server = start_server(*serve_args(tmp_path), env={"LEIDA_AUTH_ACCOUNT_CACHE_SECONDS": str(CACHE_SECONDS)})
     db = str(tmp_path / "chat.db")
     user = cli_account(
         tmp_path, "add-user", "--db", db, "--name", "王经理",
@@ -266,6 +270,7 @@ def test_add_user_update_keeps_token_and_changes_fields_seen_over_http(tmp_path,
                           "--name", "王总", "--mingpian-phone", "18900000009",
                           "--mingpian-avatar", "https://img.example/card2.png")
     assert updated == user
+    time.sleep(CACHE_SECONDS + 0.1)
     history = server.customer_history(customer, user.id)
     assert history["data"]["mingpian_phone"] == "18900000009"
     assert history["data"]["wechat"] == "wx_wang"  # not given: unchanged
@@ -279,6 +284,7 @@ def test_add_user_update_keeps_token_and_changes_fields_seen_over_http(tmp_path,
     # --token on an existing id replaces the token: the old one stops signing.
     rotated = cli_account(tmp_path, "add-user", "--db", db, "--id", str(user.id), "--token", "rotated-token")
     assert rotated == Account(user.id, "rotated-token")
+    time.sleep(CACHE_SECONDS + 0.1)
     assert server.radar_unread(user)["code"] == 400
     assert server.radar_unread(rotated)["code"] == 200
 
@@ -297,7 +303,7 @@ def test_add_user_phone_fallbacks_reach_the_customer_history(tmp_path, start_ser
 
 
 def test_add_customer_same_rules_seen_over_http(tmp_path, start_server):
-    server = start_server(*serve_args(tmp_path))
+    server = start_server(*serve_args(tmp_path), env={"LEIDA_AUTH_ACCOUNT_CACHE_SECONDS": str(CACHE_SECONDS)})
     db = str(tmp_path / "chat.db")
     user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理")
     customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "_zzz จุ๊บ 😀",
@@ -323,6 +329,7 @@ def test_add_customer_same_rules_seen_over_http(tmp_path, start_server):
 
     rotated = cli_account(tmp_path, "add-customer", "--db", db, "--id", str(customer.id), "--token", "new-cust-token")
     assert rotated == Account(customer.id, "new-cust-token")
+    time.sleep(CACHE_SECONDS + 0.1)
     assert server.customer_history(customer, user.id)["code"] == 400
     assert server.customer_history(rotated, user.id)["code"] == 200
 
