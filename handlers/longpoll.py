@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from storage import Message, Side, WaitKey, conversation_key, inbox_key
+from storage import FROM_CUSTOMER, Message, Side, WaitKey, conversation_key, inbox_key
 
 from .base import SignedHandler
 from .params import Params
@@ -50,9 +50,16 @@ class LongPollHandler(SignedHandler):
                 return self.store.unread_messages(side, user_id, customer_id, limit)
             return self.store.messages_after(last_id, user_id, customer_id, limit)
 
-        messages = await self.hold_until_new((key,), fetch, wait)
+        def wanted(message: Message) -> bool:
+            if last_id is not None:
+                return message.id > last_id
+            # without a cursor the radar user receives only the customer's messages
+            return side is Side.CUSTOMER or message.send_type == FROM_CUSTOMER
+
+        messages = await self.hold_until_new(key, fetch, wanted, wait)
         if messages is None:
             return
+        del messages[limit:]
         await self.store.mark_delivered(side, messages)
         self.reply(
             "实时获取-最新聊天信息成功" if messages else "没有得到实时聊天信息",
@@ -60,17 +67,23 @@ class LongPollHandler(SignedHandler):
         )
 
     async def hold_until_new(
-        self, keys: tuple[WaitKey, ...], fetch: Callable[[], Awaitable[list[Message]]], wait: float
+        self,
+        key: WaitKey,
+        fetch: Callable[[], Awaitable[list[Message]]],
+        wanted: Callable[[Message], bool],
+        wait: float,
     ) -> list[Message] | None:
         """What ``fetch`` finds as soon as it finds something, or [] once ``wait`` passes.
 
-        None means the client went away: the caller must then mark nothing read.
+        A woken request takes the ``wanted`` messages it was handed instead of
+        reading them back. None means the client went away: the caller must
+        then mark nothing read.
         """
         waiters = self.store.waiters
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
-            future = self._waiting = waiters.register(keys)
+            future = self._waiting = waiters.register((key,))
             try:
                 messages = await fetch()
                 remaining = deadline - loop.time()
@@ -79,8 +92,13 @@ class LongPollHandler(SignedHandler):
                 await asyncio.wait((future,), timeout=remaining)
                 if future.cancelled():
                     return None
+                handed = future.result() if future.done() else None
+                if handed is not None:
+                    messages = [message for message in handed if wanted(message)]
+                    if messages:
+                        break
             finally:
-                waiters.discard(keys, future)
+                waiters.discard((key,), future)
                 self._waiting = None
         if self.client_gone():
             return None

@@ -14,6 +14,7 @@ import logging
 import secrets
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,7 @@ class ChatStore:
             )
             return cur.lastrowid, row["token"]
 
-        return await self._writer.submit(op)
+        return await self._writer.run(op)
 
     async def add_demo_accounts(self, users: int, customers: int) -> tuple[dict[int, str], dict[int, str]]:
         """Create numbered radar users and customers in one transaction."""
@@ -241,7 +242,7 @@ class ChatStore:
                 made.append(tokens)
             return made[0], made[1]
 
-        return await self._writer.submit(op)
+        return await self._writer.run(op)
 
     # -- sending ---------------------------------------------------------------
 
@@ -257,48 +258,32 @@ class ChatStore:
 
         A repeated ``client_msg_id`` from the same sender stores nothing and
         returns the receipt of the first send, so a client can retry blindly.
+        The woken waiters are handed the message itself, so that they need not
+        read it back.
         """
-        content_json = ujson.dumps(content, ensure_ascii=False)
-        created_at = local_timestamp()
-        sender_id = customer_id if send_type == FROM_CUSTOMER else user_id
-
-        async def op(conn: aiosqlite.Connection) -> SendReceipt:
-            if client_msg_id is not None:
-                async with conn.execute(
-                    "SELECT m.id, m.created_at FROM client_message k JOIN message m ON m.id = k.message_id"
-                    " WHERE k.send_type = ? AND k.sender_id = ? AND k.client_msg_id = ?",
-                    (send_type, sender_id, client_msg_id),
-                ) as cur:
-                    first = await cur.fetchone()
-                if first is not None:
-                    return SendReceipt(first[0], first[1], duplicate=True)
-            cur = await conn.execute(
-                "INSERT INTO message (customer_id, user_id, send_type, content, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (customer_id, user_id, send_type, content_json, created_at),
-            )
-            message_id = cur.lastrowid
-            await conn.execute(
-                "INSERT INTO conversation (customer_id, user_id, first_message_id, last_message_id,"
-                " last_customer_message_id) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (customer_id, user_id) DO UPDATE SET"
-                " last_message_id = excluded.last_message_id,"
-                " last_customer_message_id = MAX(last_customer_message_id, excluded.last_customer_message_id)",
-                (customer_id, user_id, message_id, message_id,
-                 message_id if send_type == FROM_CUSTOMER else 0),
-            )
-            if client_msg_id is not None:
-                await conn.execute(
-                    "INSERT INTO client_message (send_type, sender_id, client_msg_id, message_id)"
-                    " VALUES (?, ?, ?, ?)",
-                    (send_type, sender_id, client_msg_id, message_id),
-                )
-            return SendReceipt(message_id, created_at)
-
-        receipt: SendReceipt = await self._writer.submit(op)
+        outgoing = _Outgoing(
+            customer_id, user_id, send_type, ujson.dumps(content, ensure_ascii=False), local_timestamp(),
+            client_msg_id,
+        )
+        receipt, is_first_info = await self._writer.submit(_insert_messages, outgoing)
         if not receipt.duplicate:
-            self.waiters.notify(customer_id, user_id)
+            self.waiters.notify(customer_id, user_id, await self._as_message(outgoing, receipt, is_first_info, content))
         return receipt
+
+    async def _as_message(
+        self, sent: "_Outgoing", receipt: SendReceipt, is_first_info: bool, content: dict[str, Any]
+    ) -> Message | None:
+        """The just-committed message as a read would return it (None if its accounts vanished)."""
+        customer = await self.customer(sent.customer_id)
+        user = await self.radar_user(sent.user_id)
+        if customer is None or user is None:
+            return None
+        return Message(
+            id=receipt.id, customer_id=sent.customer_id, user_id=sent.user_id, send_type=sent.send_type,
+            content=content, created_at=receipt.created_at, is_first_info=is_first_info,
+            read_by_customer=False, read_by_user=False, customer_name=customer.username,
+            customer_headimgurl=customer.headimgurl, user_avatar=user.card_avatar,
+        )
 
     # -- messages ------------------------------------------------------------
 
@@ -366,19 +351,8 @@ class ChatStore:
 
     async def _move_read_positions(self, side: Side, positions: dict[tuple[int, int], int]) -> None:
         """Positions only move forward, so a late or repeated mark is harmless."""
-        if not positions:
-            return
-        column = side.value
-        rows = [(up_to, customer_id, user_id, up_to) for (customer_id, user_id), up_to in positions.items()]
-
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.executemany(
-                f"UPDATE conversation SET {column} = ?"
-                f" WHERE customer_id = ? AND user_id = ? AND {column} < ?",
-                rows,
-            )
-
-        await self._writer.submit(op)
+        if positions:
+            await self._writer.submit(_move_read_positions, (side, positions))
 
     async def read_history(
         self, side: Side, customer_id: int, user_id: int, offset: int, limit: int
@@ -430,3 +404,126 @@ class ChatStore:
                 )
             )
         return contacts, total
+
+
+# -- batched writes ----------------------------------------------------------------
+# Each takes every change of its kind queued for one transaction and writes them
+# with a fixed number of statements, whatever their number.
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    customer_id: int
+    user_id: int
+    send_type: int
+    content_json: str
+    created_at: str
+    client_msg_id: str | None
+
+    @property
+    def sender_key(self) -> tuple[int, int, str] | None:
+        """Idempotency keys are per sender: (send_type, sender id, client_msg_id)."""
+        if self.client_msg_id is None:
+            return None
+        sender_id = self.customer_id if self.send_type == FROM_CUSTOMER else self.user_id
+        return (self.send_type, sender_id, self.client_msg_id)
+
+
+def _values(rows: list[tuple], width: int) -> tuple[str, list[Any]]:
+    placeholder = "(" + ", ".join("?" * width) + ")"
+    return ", ".join(placeholder for _ in rows), [value for row in rows for value in row]
+
+
+async def _insert_messages(
+    conn: aiosqlite.Connection, batch: list[_Outgoing]
+) -> list[tuple[SendReceipt, bool]]:
+    """(receipt, is_first_info) per send. One query learns the next message id,
+    which conversations exist and which client keys were used before; then one
+    executemany each inserts the messages, upserts their conversations and
+    records the new client keys."""
+    pairs = list({(sent.customer_id, sent.user_id) for sent in batch})
+    keys = list({key for sent in batch if (key := sent.sender_key) is not None})
+    parts = ["SELECT 0, COALESCE(MAX(id), 0), 0, '', 0, '' FROM message"]
+    params: list[Any] = []
+    pair_values, pair_params = _values(pairs, 2)
+    parts.append(
+        "SELECT 1, customer_id, user_id, '', 0, '' FROM conversation"
+        f" WHERE (customer_id, user_id) IN (VALUES {pair_values})"
+    )
+    params += pair_params
+    if keys:
+        key_values, key_params = _values(keys, 3)
+        parts.append(
+            "SELECT 2, k.send_type, k.sender_id, k.client_msg_id, m.id, m.created_at"
+            " FROM client_message k JOIN message m ON m.id = k.message_id"
+            f" WHERE (k.send_type, k.sender_id, k.client_msg_id) IN (VALUES {key_values})"
+        )
+        params += key_params
+    last_id = 0
+    conversations: set[tuple[int, int]] = set()
+    earlier: dict[tuple[int, int, str], SendReceipt] = {}
+    for kind, a, b, c, message_id, created_at in await conn.execute_fetchall(" UNION ALL ".join(parts), params):
+        if kind == 0:
+            last_id = a
+        elif kind == 1:
+            conversations.add((a, b))
+        else:
+            earlier[(a, b, c)] = SendReceipt(message_id, created_at, duplicate=True)
+
+    results: list[tuple[SendReceipt, bool]] = []
+    message_rows, conversation_rows, key_rows = [], [], []
+    for sent in batch:
+        key = sent.sender_key
+        if key is not None and key in earlier:
+            results.append((earlier[key], False))
+            continue
+        last_id += 1
+        pair = (sent.customer_id, sent.user_id)
+        is_first_info = pair not in conversations
+        conversations.add(pair)
+        receipt = SendReceipt(last_id, sent.created_at)
+        if key is not None:
+            earlier[key] = SendReceipt(last_id, sent.created_at, duplicate=True)
+            key_rows.append((*key, last_id))
+        results.append((receipt, is_first_info))
+        message_rows.append((last_id, sent.customer_id, sent.user_id, sent.send_type, sent.content_json, sent.created_at))
+        conversation_rows.append(
+            (sent.customer_id, sent.user_id, last_id, last_id, last_id if sent.send_type == FROM_CUSTOMER else 0)
+        )
+    if message_rows:
+        await conn.executemany(
+            "INSERT INTO message (id, customer_id, user_id, send_type, content, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            message_rows,
+        )
+        await conn.executemany(
+            "INSERT INTO conversation (customer_id, user_id, first_message_id, last_message_id,"
+            " last_customer_message_id) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (customer_id, user_id) DO UPDATE SET"
+            " last_message_id = excluded.last_message_id,"
+            " last_customer_message_id = MAX(last_customer_message_id, excluded.last_customer_message_id)",
+            conversation_rows,
+        )
+    if key_rows:
+        await conn.executemany(
+            "INSERT INTO client_message (send_type, sender_id, client_msg_id, message_id) VALUES (?, ?, ?, ?)",
+            key_rows,
+        )
+    return results
+
+
+async def _move_read_positions(
+    conn: aiosqlite.Connection, batch: list[tuple[Side, dict[tuple[int, int], int]]]
+) -> list[None]:
+    for side in Side:
+        rows = [
+            (up_to, customer_id, user_id, up_to)
+            for batch_side, positions in batch if batch_side is side
+            for (customer_id, user_id), up_to in positions.items()
+        ]
+        if rows:
+            column = side.value
+            await conn.executemany(
+                f"UPDATE conversation SET {column} = ? WHERE customer_id = ? AND user_id = ? AND {column} < ?",
+                rows,
+            )
+    return [None] * len(batch)

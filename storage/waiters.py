@@ -1,14 +1,21 @@
-"""Who is waiting for which conversation.
+"""Who is waiting for which conversation, and handing them what was committed.
 
-A held getmsg registers a future under the keys it cares about: one
-conversation, or a radar user's whole inbox. A committed message resolves only
-the futures under its own two keys, so a send costs the same whether ten or
-ten thousand other requests are held.
+A held getmsg registers a future under one key: its conversation, or a radar
+user's whole inbox. A committed message resolves only the futures under its own
+two keys, so a send costs the same whether ten or ten thousand other requests
+are held. The future's result is the list of messages committed for that key
+since it was registered (all sends resumed in one loop iteration are handed
+over together), so a woken request need not read them back; ``None`` means
+"look for yourself" (the server is stopping, or a message could not be built).
 """
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .records import Message
 
 WaitKey = tuple
 
@@ -24,14 +31,21 @@ def inbox_key(user_id: int) -> WaitKey:
 class Waiters:
     def __init__(self) -> None:
         self._by_key: dict[WaitKey, set[asyncio.Future]] = {}
+        self._news: dict[WaitKey, list["Message | None"]] = {}
+        self._count = 0
         self.closed = False
 
     def __len__(self) -> int:
-        return sum(len(futures) for futures in self._by_key.values())
+        """How many requests are held right now."""
+        return self._count
 
     def register(self, keys: Iterable[WaitKey]) -> asyncio.Future:
-        """A future resolved by the next message under any of ``keys``."""
+        """A future resolved by the next messages under any of ``keys``.
+
+        Every register is paired with one ``discard`` once the wait is over.
+        """
         future = asyncio.get_running_loop().create_future()
+        self._count += 1
         if self.closed:
             future.set_result(None)
             return future
@@ -40,6 +54,7 @@ class Waiters:
         return future
 
     def discard(self, keys: Iterable[WaitKey], future: asyncio.Future) -> None:
+        self._count -= 1
         for key in keys:
             futures = self._by_key.get(key)
             if futures is not None:
@@ -47,12 +62,21 @@ class Waiters:
                 if not futures:
                     del self._by_key[key]
 
-    def notify(self, customer_id: int, user_id: int) -> None:
-        """Wake the waiters of one conversation and of its radar user's inbox."""
+    def notify(self, customer_id: int, user_id: int, message: "Message | None") -> None:
+        """A message of this conversation is committed: wake its waiters and its radar user's inbox."""
         for key in (conversation_key(customer_id, user_id), inbox_key(user_id)):
+            if key in self._by_key:
+                if not self._news:
+                    asyncio.get_running_loop().call_soon(self._hand_over)
+                self._news.setdefault(key, []).append(message)
+
+    def _hand_over(self) -> None:
+        news, self._news = self._news, {}
+        for key, messages in news.items():
+            payload = None if any(message is None for message in messages) else messages
             for future in self._by_key.pop(key, ()):
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(payload)
 
     def close(self) -> None:
         """Wake everyone and refuse new waits: the server is stopping."""
