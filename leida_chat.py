@@ -30,6 +30,8 @@ from storage.schema import SchemaTooNew
 log = logging.getLogger("leida_chat")
 
 HERE = Path(__file__).resolve().parent
+#: pending connections the kernel queues for us: thousands of pages reconnect at once after a restart
+LISTEN_BACKLOG = 4096
 DEFAULT_CONFIG = HERE / "config.toml"
 
 #: Every setting and its default; the config file and environment may set only these.
@@ -173,7 +175,7 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
         body_timeout=server_config["body_timeout"],
     )
     try:
-        server.listen(server_config["port"], server_config["host"])
+        server.listen(server_config["port"], server_config["host"], backlog=LISTEN_BACKLOG)
     except OSError as error:
         await store.close()
         raise SystemExit(f"cannot listen on {server_config['host']}:{server_config['port']}: {error.strerror}")

@@ -202,16 +202,13 @@ class ChatStore:
             raise TypeError(f"unknown {table} fields: {sorted(unknown)}")
         given = {name: value for name, value in fields.items() if value is not None}
 
-        async def op(conn: aiosqlite.Connection) -> tuple[int, str]:
+        def op(conn: sqlite3.Connection) -> tuple[int, str]:
             if account_id is not None:
-                async with conn.execute(f"SELECT token FROM {table} WHERE id = ?", (account_id,)) as cur:
-                    existing = await cur.fetchone()
+                existing = conn.execute(f"SELECT token FROM {table} WHERE id = ?", (account_id,)).fetchone()
                 if existing is not None:
                     if given:
                         assignments = ", ".join(f"{name} = ?" for name in given)
-                        await conn.execute(
-                            f"UPDATE {table} SET {assignments} WHERE id = ?", (*given.values(), account_id)
-                        )
+                        conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*given.values(), account_id))
                     return account_id, given.get("token", existing[0])
             row = {"token": new_token(), **given}
             if "username" not in row:
@@ -219,9 +216,7 @@ class ChatStore:
             if account_id is not None:
                 row["id"] = account_id
             placeholders = ", ".join("?" for _ in row)
-            cur = await conn.execute(
-                f"INSERT INTO {table} ({', '.join(row)}) VALUES ({placeholders})", tuple(row.values())
-            )
+            cur = conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({placeholders})", tuple(row.values()))
             return cur.lastrowid, row["token"]
 
         return await self._writer.run(op)
@@ -229,13 +224,12 @@ class ChatStore:
     async def add_demo_accounts(self, users: int, customers: int) -> tuple[dict[int, str], dict[int, str]]:
         """Create numbered radar users and customers in one transaction."""
 
-        async def op(conn: aiosqlite.Connection) -> tuple[dict[int, str], dict[int, str]]:
+        def op(conn: sqlite3.Connection) -> tuple[dict[int, str], dict[int, str]]:
             made: list[dict[int, str]] = []
             for table, count, name in (("radar_user", users, "雷达用户"), ("customer", customers, "客户")):
-                async with conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}") as cur:
-                    (start,) = await cur.fetchone()
+                (start,) = conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
                 tokens = {start + n: new_token() for n in range(1, count + 1)}
-                await conn.executemany(
+                conn.executemany(
                     f"INSERT INTO {table} (id, username, token) VALUES (?, ?, ?)",
                     [(account_id, f"{name}{account_id}", token) for account_id, token in tokens.items()],
                 )
@@ -434,9 +428,7 @@ def _values(rows: list[tuple], width: int) -> tuple[str, list[Any]]:
     return ", ".join(placeholder for _ in rows), [value for row in rows for value in row]
 
 
-async def _insert_messages(
-    conn: aiosqlite.Connection, batch: list[_Outgoing]
-) -> list[tuple[SendReceipt, bool]]:
+def _insert_messages(conn: sqlite3.Connection, batch: list[_Outgoing]) -> list[tuple[SendReceipt, bool]]:
     """(receipt, is_first_info) per send. One query learns the next message id,
     which conversations exist and which client keys were used before; then one
     executemany each inserts the messages, upserts their conversations and
@@ -462,7 +454,7 @@ async def _insert_messages(
     last_id = 0
     conversations: set[tuple[int, int]] = set()
     earlier: dict[tuple[int, int, str], SendReceipt] = {}
-    for kind, a, b, c, message_id, created_at in await conn.execute_fetchall(" UNION ALL ".join(parts), params):
+    for kind, a, b, c, message_id, created_at in conn.execute(" UNION ALL ".join(parts), params):
         if kind == 0:
             last_id = a
         elif kind == 1:
@@ -491,11 +483,11 @@ async def _insert_messages(
             (sent.customer_id, sent.user_id, last_id, last_id, last_id if sent.send_type == FROM_CUSTOMER else 0)
         )
     if message_rows:
-        await conn.executemany(
+        conn.executemany(
             "INSERT INTO message (id, customer_id, user_id, send_type, content, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             message_rows,
         )
-        await conn.executemany(
+        conn.executemany(
             "INSERT INTO conversation (customer_id, user_id, first_message_id, last_message_id,"
             " last_customer_message_id) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (customer_id, user_id) DO UPDATE SET"
@@ -504,15 +496,15 @@ async def _insert_messages(
             conversation_rows,
         )
     if key_rows:
-        await conn.executemany(
+        conn.executemany(
             "INSERT INTO client_message (send_type, sender_id, client_msg_id, message_id) VALUES (?, ?, ?, ?)",
             key_rows,
         )
     return results
 
 
-async def _move_read_positions(
-    conn: aiosqlite.Connection, batch: list[tuple[Side, dict[tuple[int, int], int]]]
+def _move_read_positions(
+    conn: sqlite3.Connection, batch: list[tuple[Side, dict[tuple[int, int], int]]]
 ) -> list[None]:
     for side in Side:
         rows = [
@@ -522,7 +514,7 @@ async def _move_read_positions(
         ]
         if rows:
             column = side.value
-            await conn.executemany(
+            conn.executemany(
                 f"UPDATE conversation SET {column} = ? WHERE customer_id = ? AND user_id = ? AND {column} < ?",
                 rows,
             )

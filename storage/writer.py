@@ -6,9 +6,11 @@ The task takes whatever has queued up while the previous commit ran and
 applies it in one transaction: under load many sends share one commit, and a
 lone send still commits at once because nothing waits for a batch to fill.
 
-Changes of one kind queued together are handed to their ``apply`` function as
-one list, so it can write them with one ``executemany`` instead of a statement
-(and a thread round trip) each. Each caller's future resolves only after
+A whole transaction (BEGIN, every change, COMMIT) runs as one call on the
+aiosqlite connection's thread: handing each statement to the thread and back
+costs more than the statements themselves (bench/README.md). Changes of one
+kind queued together reach their ``apply`` function as one list, so it can
+write them with one ``executemany``. Each caller's future resolves only after
 COMMIT returns, which is what lets a handler answer 200 only once its message
 is durable.
 """
@@ -16,33 +18,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
 
 log = logging.getLogger("leida_chat.storage")
 
-#: apply(conn, items) -> one result per item, in order
-ApplyMany = Callable[[aiosqlite.Connection, list[Any]], Awaitable[list[Any]]]
-WriteOp = Callable[[aiosqlite.Connection], Awaitable[Any]]
+#: apply(conn, items) -> one result per item, in order; runs on the writer thread
+ApplyMany = Callable[[sqlite3.Connection, list[Any]], list[Any]]
+WriteOp = Callable[[sqlite3.Connection], Any]
 
 #: most changes in one transaction (SQLite caps a statement's parameters at 32766)
 MAX_BATCH = 500
+
+Batch = list[tuple[ApplyMany, Any, asyncio.Future]]
 
 
 class WriterClosed(RuntimeError):
     """A write was submitted after the writer stopped."""
 
 
-async def _each(conn: aiosqlite.Connection, ops: list[WriteOp]) -> list[Any]:
-    return [await op(conn) for op in ops]
+def _each(conn: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
+    return [op(conn) for op in ops]
 
 
 class Writer:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
-        self._pending: list[tuple[ApplyMany, Any, asyncio.Future]] = []
+        self._pending: Batch = []
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -78,9 +83,9 @@ class Writer:
             if self._stopping:
                 return
 
-    async def _apply(self, batch: list[tuple[ApplyMany, Any, asyncio.Future]]) -> None:
+    async def _apply(self, batch: Batch) -> None:
         try:
-            results = await self._transaction(batch)
+            results = await self._in_thread(batch)
         except Exception as error:
             # Errors go to the callers, who decide whether they are worth a log line.
             if len(batch) == 1:
@@ -89,34 +94,41 @@ class Writer:
             log.info("a batch of %d writes failed; retrying each on its own", len(batch))
             for entry in batch:
                 try:
-                    (result,) = await self._transaction([entry])
+                    (result,) = await self._in_thread([entry])
                 except Exception as op_error:  # reported to that caller only
                     _settle(entry[2], error=op_error)
                 else:
                     _settle(entry[2], result=result)
             return
+        self.commits += 1
+        self.changes += len(batch)
         for (_, _, future), result in zip(batch, results):
             _settle(future, result=result)
 
-    async def _transaction(self, batch: list[tuple[ApplyMany, Any, asyncio.Future]]) -> list[Any]:
-        groups: dict[ApplyMany, list[int]] = {}
-        for index, (apply, _, _) in enumerate(batch):
-            groups.setdefault(apply, []).append(index)
-        results: list[Any] = [None] * len(batch)
-        await self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            for apply, indexes in groups.items():
-                outcomes = await apply(self._conn, [batch[i][1] for i in indexes])
-                for index, outcome in zip(indexes, outcomes):
-                    results[index] = outcome
-            await self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
-            raise
-        self.commits += 1
-        self.changes += len(batch)
-        return results
+    async def _in_thread(self, batch: Batch) -> list[Any]:
+        # aiosqlite runs every call on its connection's own thread; _execute is the
+        # entry point its public methods use, taken here to run a whole transaction
+        # in one round trip instead of one per statement.
+        return await self._conn._execute(_transaction, self._conn._conn, [(apply, item) for apply, item, _ in batch])
+
+
+def _transaction(conn: sqlite3.Connection, batch: list[tuple[ApplyMany, Any]]) -> list[Any]:
+    """Runs on the writer thread: every change of the batch, then COMMIT, or nothing."""
+    groups: dict[ApplyMany, list[int]] = {}
+    for index, (apply, _) in enumerate(batch):
+        groups.setdefault(apply, []).append(index)
+    results: list[Any] = [None] * len(batch)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for apply, indexes in groups.items():
+            for index, outcome in zip(indexes, apply(conn, [batch[i][1] for i in indexes])):
+                results[index] = outcome
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return results
 
 
 def _settle(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
