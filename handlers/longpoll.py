@@ -60,7 +60,7 @@ class LongPollHandler(SignedHandler):
         if messages is None:
             return
         del messages[limit:]
-        await self.store.mark_delivered(side, messages)
+        self.store.mark_delivered(side, messages)
         self.reply(
             "实时获取-最新聊天信息成功" if messages else "没有得到实时聊天信息",
             {"ret_data": [render(message) for message in messages], "data_count": len(messages)},

@@ -10,6 +10,7 @@ HTTP.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sqlite3
@@ -108,6 +109,7 @@ class ChatStore:
         self._writer = Writer(write_conn)
         self._customers: AccountCache[Customer] = AccountCache(account_cache_seconds)
         self._radar_users: AccountCache[RadarUser] = AccountCache(account_cache_seconds)
+        self._unsettled_marks: dict[int, set[asyncio.Future]] = {}
         self.waiters = Waiters()
 
     @classmethod
@@ -290,6 +292,7 @@ class ChatStore:
         original did); the radar user receives only the customer's messages.
         ``customer_id=None`` means the radar user's whole inbox.
         """
+        await self._marks_settled(user_id)
         if side is Side.CUSTOMER:
             return await self._messages(
                 "c.customer_id = ? AND c.user_id = ? AND m.id > c.customer_read_id ORDER BY m.id LIMIT ?",
@@ -302,6 +305,7 @@ class ChatStore:
         self, after_id: int, user_id: int, customer_id: int | None, limit: int
     ) -> list[Message]:
         """Every message after a client's resume cursor, whatever its read state."""
+        await self._marks_settled(user_id)
         if customer_id is None:
             return await self._messages(
                 "m.user_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
@@ -315,6 +319,7 @@ class ChatStore:
 
     async def unread_count(self, side: Side, user_id: int, customer_id: int | None) -> int:
         """How many of the other side's messages ``side`` has not read."""
+        await self._marks_settled(user_id)
         if side is Side.CUSTOMER:
             where = "c.customer_id = ? AND c.user_id = ? AND m.id > c.customer_read_id AND m.send_type = ?"
             params: tuple = (customer_id, user_id, FROM_RADAR_USER)
@@ -335,18 +340,47 @@ class ChatStore:
             params += (customer_id,)
         return where, params
 
-    async def mark_delivered(self, side: Side, messages: list[Message]) -> None:
-        """Delivered messages become read for ``side``: move its read positions past them."""
+    def mark_delivered(self, side: Side, messages: list[Message]) -> None:
+        """Delivered messages become read for ``side``: move its read positions past them.
+
+        The write is queued, not awaited, so that a delivery does not wait for
+        a second commit; every read that depends on read positions waits for
+        the radar user's queued marks first (``_marks_settled``), so nobody can
+        observe the position before the move. A mark lost in a crash only
+        means a message is delivered again.
+        """
         positions: dict[tuple[int, int], int] = {}
         for message in messages:  # oldest first, so the last unread one per conversation wins
             if not message.read_by(side):
                 positions[(message.customer_id, message.user_id)] = message.id
-        await self._move_read_positions(side, positions)
-
-    async def _move_read_positions(self, side: Side, positions: dict[tuple[int, int], int]) -> None:
-        """Positions only move forward, so a late or repeated mark is harmless."""
         if positions:
-            await self._writer.submit(_move_read_positions, (side, positions))
+            self._queue_read_positions(side, positions)
+
+    def _queue_read_positions(self, side: Side, positions: dict[tuple[int, int], int]) -> asyncio.Future:
+        """Positions only move forward, so a late or repeated mark is harmless."""
+        mark = asyncio.ensure_future(self._writer.submit(_move_read_positions, (side, positions)))
+        user_ids = {user_id for _, user_id in positions}
+        for user_id in user_ids:
+            self._unsettled_marks.setdefault(user_id, set()).add(mark)
+
+        def settled(done: asyncio.Future) -> None:
+            for user_id in user_ids:
+                marks = self._unsettled_marks.get(user_id)
+                if marks is not None:
+                    marks.discard(done)
+                    if not marks:
+                        del self._unsettled_marks[user_id]
+            if not done.cancelled() and done.exception() is not None:
+                log.error("could not save read positions", exc_info=done.exception())
+
+        mark.add_done_callback(settled)
+        return mark
+
+    async def _marks_settled(self, user_id: int) -> None:
+        """Wait until every queued read-position move of this radar user's conversations is committed."""
+        marks = self._unsettled_marks.get(user_id)
+        if marks:
+            await asyncio.wait(list(marks))
 
     async def read_history(
         self, side: Side, customer_id: int, user_id: int, offset: int, limit: int
@@ -355,6 +389,7 @@ class ChatStore:
 
         Opening the history marks the whole conversation read for ``side``.
         """
+        await self._marks_settled(user_id)
         row = await self._one(
             f"SELECT count(*), COALESCE(MAX(id), 0), "
             f"(SELECT {side.value} FROM conversation WHERE customer_id = ? AND user_id = ?)"
@@ -370,11 +405,12 @@ class ChatStore:
             )
             messages.reverse()
         if total and read_position < newest_id:
-            await self._move_read_positions(side, {(customer_id, user_id): newest_id})
+            self._queue_read_positions(side, {(customer_id, user_id): newest_id})
         return HistoryPage(messages=messages, total=total, newest_id=newest_id)
 
     async def contacts(self, user_id: int, offset: int, limit: int) -> tuple[list[Contact], int]:
         """The radar user's conversations, most recent activity first."""
+        await self._marks_settled(user_id)
         (total,) = await self._one("SELECT count(*) FROM conversation WHERE user_id = ?", (user_id,))
         rows = await self._all(
             f"SELECT {_MESSAGE_COLUMNS},"
@@ -437,18 +473,21 @@ def _insert_messages(conn: sqlite3.Connection, batch: list[_Outgoing]) -> list[t
     keys = list({key for sent in batch if (key := sent.sender_key) is not None})
     parts = ["SELECT 0, COALESCE(MAX(id), 0), 0, '', 0, '' FROM message"]
     params: list[Any] = []
+    # CROSS JOIN keeps the VALUES list outermost: each pair is one primary-key probe
+    # (an IN over row values of two or more rows makes SQLite scan the table).
     pair_values, pair_params = _values(pairs, 2)
     parts.append(
-        "SELECT 1, customer_id, user_id, '', 0, '' FROM conversation"
-        f" WHERE (customer_id, user_id) IN (VALUES {pair_values})"
+        f"SELECT 1, c.customer_id, c.user_id, '', 0, '' FROM (VALUES {pair_values}) AS v"
+        " CROSS JOIN conversation c ON c.customer_id = v.column1 AND c.user_id = v.column2"
     )
     params += pair_params
     if keys:
         key_values, key_params = _values(keys, 3)
         parts.append(
-            "SELECT 2, k.send_type, k.sender_id, k.client_msg_id, m.id, m.created_at"
-            " FROM client_message k JOIN message m ON m.id = k.message_id"
-            f" WHERE (k.send_type, k.sender_id, k.client_msg_id) IN (VALUES {key_values})"
+            f"SELECT 2, k.send_type, k.sender_id, k.client_msg_id, m.id, m.created_at FROM (VALUES {key_values}) AS v"
+            " CROSS JOIN client_message k ON k.send_type = v.column1 AND k.sender_id = v.column2"
+            " AND k.client_msg_id = v.column3"
+            " JOIN message m ON m.id = k.message_id"
         )
         params += key_params
     last_id = 0
