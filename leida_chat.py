@@ -19,6 +19,7 @@ import sqlite3
 import sys
 import tomllib
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -30,6 +31,8 @@ from storage.schema import SchemaTooNew
 log = logging.getLogger("leida_chat")
 
 HERE = Path(__file__).resolve().parent
+#: sockets and files the server holds besides its held requests (listeners, database, sends in flight)
+FILES_BESIDES_WAITERS = 256
 #: pending connections the kernel queues for us: thousands of pages reconnect at once after a restart
 LISTEN_BACKLOG = 4096
 DEFAULT_CONFIG = HERE / "config.toml"
@@ -43,10 +46,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "idle_connection_timeout": 120.0,
         "body_timeout": 30.0,
         "shutdown_grace_seconds": 5.0,
+        "event_loop": "auto",
     },
     "database": {"path": "data/leida_chat.db", "synchronous": "FULL"},
     "auth": {"max_skew_seconds": 900.0, "account_cache_seconds": 5.0},
-    "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200},
+    "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200, "max_waiters": 10000},
     "limits": {"msg_max_chars": 5000, "content_max_bytes": 16 * 1024, "history_max_length": 100},
     "log": {"level": "INFO", "access": True},
 }
@@ -119,9 +123,12 @@ def _check(config: dict[str, dict[str, Any]]) -> None:
     if config["auth"]["max_skew_seconds"] < 0:
         raise ConfigError("auth.max_skew_seconds must be 0 (off) or positive")
     for name, value in [("server.max_body_bytes", server["max_body_bytes"]), ("longpoll.max_items", longpoll["max_items"]),
+                        ("longpoll.max_waiters", longpoll["max_waiters"]),
                         *((f"limits.{key}", value) for key, value in limits.items())]:
         if value < 1:
             raise ConfigError(f"{name} must be at least 1")
+    if server["event_loop"] not in ("auto", "asyncio", "uvloop"):
+        raise ConfigError("server.event_loop must be auto, asyncio or uvloop")
     if config["database"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("database.synchronous must be OFF, NORMAL, FULL or EXTRA")
     if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):
@@ -134,6 +141,7 @@ def api_settings(config: dict[str, dict[str, Any]]) -> ApiSettings:
         longpoll_timeout=config["longpoll"]["timeout"],
         longpoll_max_timeout=config["longpoll"]["max_timeout"],
         getmsg_max_items=config["longpoll"]["max_items"],
+        max_waiters=config["longpoll"]["max_waiters"],
         msg_max_chars=config["limits"]["msg_max_chars"],
         content_max_bytes=config["limits"]["content_max_bytes"],
         history_max_length=config["limits"]["history_max_length"],
@@ -163,10 +171,30 @@ def raise_open_file_limit() -> int:
 # -- serve --------------------------------------------------------------------
 
 
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed ("auto") or asked for; it roughly halves the loop's own
+    overhead per request (bench/README.md). None means asyncio's default loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("server.event_loop = uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 async def serve(config: dict[str, dict[str, Any]]) -> None:
     """Run until SIGINT or SIGTERM, then answer held requests, let sends finish, and close."""
     server_config = config["server"]
     open_files = raise_open_file_limit()
+    needed = config["longpoll"]["max_waiters"] + FILES_BESIDES_WAITERS
+    if open_files < needed:
+        log.warning(
+            "open-file limit %d is below the %d that longpoll.max_waiters = %d needs: raise `ulimit -n` "
+            "(hard limit) or lower max_waiters", open_files, needed, config["longpoll"]["max_waiters"],
+        )
     store = await open_store(config)
     app = make_app(store, api_settings(config), access_log=config["log"]["access"])
     server = HTTPServer(
@@ -181,8 +209,9 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
         raise SystemExit(f"cannot listen on {server_config['host']}:{server_config['port']}: {error.strerror}")
     port = next(iter(server._sockets.values())).getsockname()[1]  # the real one when port = 0
     log.info(
-        "leida-chat listening on http://%s:%d, database %s (open-file limit %d)",
+        "leida-chat listening on http://%s:%d, database %s (open-file limit %d, %s loop)",
         server_config["host"], port, os.path.abspath(config["database"]["path"]), open_files,
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
 
     stopping = asyncio.Event()
@@ -325,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command in (None, "serve"):
-            asyncio.run(serve(config))
+            with asyncio.Runner(loop_factory=event_loop_factory(config["server"]["event_loop"])) as runner:
+                runner.run(serve(config))
             return 0
         if args.command == "demo-accounts":
             result = asyncio.run(demo_accounts(config, args.users, args.customers))

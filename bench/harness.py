@@ -78,7 +78,8 @@ class ChatServer:
         self.dir = Path(tempfile.mkdtemp(prefix="leida-bench-"))
         self.db = self.dir / "bench.db"
         self.port = free_port()
-        self.env = {**os.environ, "LEIDA_LOG_ACCESS": "false", **(env or {})}
+        self.env = {**os.environ, "LEIDA_LOG_ACCESS": "false",
+                    "LEIDA_LONGPOLL_MAX_WAITERS": str(customers + 1000), **(env or {})}
         self.python = python
         accounts_file = self.dir / "accounts.json"
         subprocess.run(

@@ -30,6 +30,8 @@ from .settings import ApiSettings
 access_log = logging.getLogger("tornado.access")
 app_log = logging.getLogger("leida_chat.http")
 
+#: what a 503 (too many held requests) tells the client to wait before polling again
+RETRY_AFTER_SECONDS = 2
 SECRET_PARAMS = frozenset({"rand_str", "token"})
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
@@ -113,6 +115,10 @@ class ApiHandler(RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
 
+    def compute_etag(self) -> None:
+        """Every answer is fresh (no-store): hashing each body for an ETag is wasted work."""
+        return None
+
     def reply(self, msg: str, data: Any, code: int = 200) -> None:
         self.envelope_code = code
         self.finish(ujson.dumps({"code": code, "msg": msg, "data": data}, ensure_ascii=False))
@@ -122,6 +128,8 @@ class ApiHandler(RequestHandler):
         if isinstance(error, ApiFailure):
             self.reply(error.msg, error.data, code=error.code)
             return
+        if status_code == 503:
+            self.set_header("Retry-After", RETRY_AFTER_SECONDS)
         reason = httputil.responses.get(status_code, "Unknown")
         self.reply(reason, {}, code=status_code)
 

@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tornado.web import HTTPError
+
 from storage import FROM_CUSTOMER, Message, Side, WaitKey, conversation_key, inbox_key
 
 from .base import SignedHandler
@@ -89,6 +91,8 @@ class LongPollHandler(SignedHandler):
                 remaining = deadline - loop.time()
                 if messages or remaining <= 0 or waiters.closed:
                     break
+                if len(waiters) > self.api.max_waiters:
+                    raise HTTPError(503, "longpoll.max_waiters reached")
                 await asyncio.wait((future,), timeout=remaining)
                 if future.cancelled():
                     return None

@@ -14,6 +14,8 @@ class ApiSettings:
     longpoll_max_timeout: float = 55
     #: most messages one getmsg answer carries; the rest come on the next poll
     getmsg_max_items: int = 200
+    #: held getmsg requests at once; past it a getmsg that would wait gets 503 + Retry-After
+    max_waiters: int = 10000
     msg_max_chars: int = 5000
     content_max_bytes: int = 16 * 1024
     history_max_length: int = 100

@@ -64,6 +64,12 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (send_type, sender_id, client_msg_id)
     ) WITHOUT ROWID;
     """,
+    2: """
+    -- a radar user's unread conversations: inbox getmsg and query_num without
+    -- scanning every conversation the user has ever had
+    CREATE INDEX conversation_unread_by_user ON conversation (user_id)
+        WHERE last_customer_message_id > user_read_id;
+    """,
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -358,7 +358,7 @@ class ChatStore:
 
     def _queue_read_positions(self, side: Side, positions: dict[tuple[int, int], int]) -> asyncio.Future:
         """Positions only move forward, so a late or repeated mark is harmless."""
-        mark = asyncio.ensure_future(self._writer.submit(_move_read_positions, (side, positions)))
+        mark = self._writer.enqueue(_move_read_positions, (side, positions))
         user_ids = {user_id for _, user_id in positions}
         for user_id in user_ids:
             self._unsettled_marks.setdefault(user_id, set()).add(mark)

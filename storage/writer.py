@@ -54,14 +54,18 @@ class Writer:
         self.commits = 0
         self.changes = 0
 
-    async def submit(self, apply: ApplyMany, item: Any) -> Any:
-        """Queue ``item`` for ``apply`` in the next transaction; its result once committed."""
+    def enqueue(self, apply: ApplyMany, item: Any) -> asyncio.Future:
+        """Queue ``item`` for ``apply`` in the next transaction; the future resolves once committed."""
         if self._stopping:
             raise WriterClosed("the database writer is stopped")
         future = asyncio.get_running_loop().create_future()
         self._pending.append((apply, item, future))
         self._wakeup.set()
-        return await future
+        return future
+
+    async def submit(self, apply: ApplyMany, item: Any) -> Any:
+        """``enqueue`` and wait for the commit."""
+        return await self.enqueue(apply, item)
 
     async def run(self, op: WriteOp) -> Any:
         """Run a one-off ``op(conn)`` in the next transaction."""

@@ -208,3 +208,26 @@ async def test_finished_waits_leave_no_waiter_behind(api, store, customer, radar
     await api.customer_send(customer, radar_user.id, text("wake all five"))
     await asyncio.gather(*tasks)
     assert len(store.waiters) == 0
+
+
+class TestWaiterLimit:
+    @pytest.fixture
+    def api_settings(self):
+        from handlers import ApiSettings
+
+        return ApiSettings(max_waiters=2)
+
+    @pytest.mark.gen_test(timeout=15)
+    async def test_past_max_waiters_a_getmsg_gets_503_with_retry_after(self, api, customer, other_customer, radar_user):
+        import ujson
+
+        held_ones = [await held(api.customer_getmsg(who, radar_user.id, wait=5)) for who in (customer, other_customer)]
+        response = await api.raw("GET", api.url("/zhugeleida/qiyeweixin/chat/getmsg/0", radar_user, {"wait": 5}))
+        assert response.code == 503
+        assert response.headers["Retry-After"] == "2"
+        assert ujson.loads(response.body) == {"code": 503, "msg": "Service Unavailable", "data": {}}
+        # a poll that needs no wait is still answered, and the held ones still work
+        assert (await api.radar_getmsg(radar_user, wait=0))["code"] == 200
+        await api.radar_send(radar_user, customer.id, text("still delivered"))
+        assert msgs(await held_ones[0]) == ["still delivered"]
+        held_ones[1].cancel()

@@ -625,3 +625,17 @@ def test_new_user_flow_end_to_end(tmp_path, start_server):
     assert [m["send_type"] for m in history["ret_data"]] == [2, 1]
     assert history["ret_data"][0]["is_first_info"] is True
     assert server.stop() == 0
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_both_event_loops_serve_and_deliver(tmp_path, start_server, event_loop):
+    server = start_server(*serve_args(tmp_path), env={"LEIDA_SERVER_EVENT_LOOP": event_loop})
+    startup = [line for line in server.log().splitlines() if "listening on" in line]
+    assert f"{event_loop} loop" in startup[0], startup
+    db = str(tmp_path / "chat.db")
+    user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理")
+    customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "小明")
+    server.customer_send(customer, user.id, text("loop test"))
+    item = server.radar_getmsg(user)["data"]["ret_data"][0]
+    assert item["msg"] == "loop test"
+    assert server.stop() == 0

@@ -159,3 +159,11 @@ async def test_logs_never_carry_rand_str_or_tokens(api, customer, radar_user, ca
     assert params["rand_str"] not in logged
     assert customer.token not in logged
     assert "rand_str=***" in logged
+
+
+@pytest.mark.gen_test
+async def test_a_token_changed_through_the_store_applies_at_once(api, store, customer, radar_user):
+    assert (await api.get(QUERY_NUM, customer, u_id=radar_user.id))["code"] == 200  # now cached
+    await store.save_customer(customer.id, token="rotated")
+    assert await api.get(QUERY_NUM, customer, u_id=radar_user.id) == TOKEN_REJECTED
+    assert (await api.get(QUERY_NUM, Account(customer.id, "rotated"), u_id=radar_user.id))["code"] == 200
