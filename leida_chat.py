@@ -31,6 +31,8 @@ from storage.schema import SchemaTooNew
 log = logging.getLogger("leida_chat")
 
 HERE = Path(__file__).resolve().parent
+#: how long a running thread keeps the GIL from a waiting one (CPython's default is 5 ms)
+GIL_SWITCH_SECONDS = 0.0005
 #: sockets and files the server holds besides its held requests (listeners, database, sends in flight)
 FILES_BESIDES_WAITERS = 256
 #: pending connections the kernel queues for us: thousands of pages reconnect at once after a restart
@@ -188,6 +190,9 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
 async def serve(config: dict[str, dict[str, Any]]) -> None:
     """Run until SIGINT or SIGTERM, then answer held requests, let sends finish, and close."""
     server_config = config["server"]
+    # The writer thread needs the GIL back after every commit; by default a busy
+    # event loop keeps it for up to 5 ms, which would sit in every send's latency.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     open_files = raise_open_file_limit()
     needed = config["longpoll"]["max_waiters"] + FILES_BESIDES_WAITERS
     if open_files < needed:
