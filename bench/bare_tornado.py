@@ -31,4 +31,11 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    # argv: PORT [asyncio|uvloop] -- the same event loop as the server it is compared with
+    loop_factory = None
+    if len(sys.argv) > 2 and sys.argv[2] == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main(int(sys.argv[1])))

@@ -105,13 +105,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--customers", type=int, default=1000, help="distinct signed senders in the rotation")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs both servers")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=None,
+                        help="event loop of both servers (default: uvloop if the interpreter has it)")
     args = parser.parse_args()
+    if args.loop is None:
+        has_uvloop = subprocess.run([args.python, "-c", "import uvloop"], capture_output=True).returncode == 0
+        args.loop = "uvloop" if has_uvloop else "asyncio"
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
 
     results: dict[str, dict] = {}
     bare_port = free_port()
-    bare = subprocess.Popen([args.python, str(HERE / "bare_tornado.py"), str(bare_port)])
+    bare = subprocess.Popen([args.python, str(HERE / "bare_tornado.py"), str(bare_port), args.loop])
     try:
         wait_for_port(bare_port, bare)
         results["bare_get"] = run_wrk(bare_port, lua_script([("GET", "/bare", "")]), args.seconds,
@@ -122,7 +127,8 @@ def main() -> None:
         bare.terminate()
         bare.wait()
 
-    server = ChatServer(users=1, customers=args.customers, python=args.python)
+    server = ChatServer(users=1, customers=args.customers, python=args.python,
+                        env={"LEIDA_SERVER_EVENT_LOOP": args.loop})
     (user_id, _), = server.users.items()
     content = "%7B%22info_type%22%3A1%2C%22msg%22%3A%22throughput%20bench%20%F0%9F%98%80%22%7D"
     sends = [("POST", signed_path(CUSTOMER_SEND, cid, token), f"u_id={user_id}&content={content}")
@@ -147,8 +153,8 @@ def main() -> None:
         rows += [(f"{name} req/s", result["rate"]), (f"{name} errors", result["errors"]),
                  (f"{name} latency p50/p99", f"{result['p50']} / {result['p99']}")]
     rows += list(ratios.items())
-    print_table(f"throughput: wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s", rows)
-    print(json.dumps({"bench": "throughput", "connections": args.connections, "seconds": args.seconds,
+    print_table(f"throughput: wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s, {args.loop} loop", rows)
+    print(json.dumps({"bench": "throughput", "loop": args.loop, "connections": args.connections, "seconds": args.seconds,
                       **results, **ratios}))
 
 
