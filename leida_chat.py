@@ -232,7 +232,7 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
         log.warning("%d requests still open after the grace period", app.settings["inflight"].count)
     await server.close_all_connections()
     await store.close()
-    log.info("stopped")
+    log.info("stopped after %d commits of %d changes", store.commits, store.changes)
 
 
 # -- accounts -----------------------------------------------------------------

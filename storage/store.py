@@ -138,6 +138,14 @@ class ChatStore:
         read_conn.execute("PRAGMA query_only = 1")
         return cls(write_conn, read_conn, account_cache_seconds)
 
+    @property
+    def commits(self) -> int:
+        return self._writer.commits
+
+    @property
+    def changes(self) -> int:
+        return self._writer.changes
+
     async def close(self) -> None:
         """Finish queued writes, then close both connections."""
         self.waiters.close()
@@ -343,11 +351,12 @@ class ChatStore:
     def mark_delivered(self, side: Side, messages: list[Message]) -> None:
         """Delivered messages become read for ``side``: move its read positions past them.
 
-        The write is queued, not awaited, so that a delivery does not wait for
-        a second commit; every read that depends on read positions waits for
-        the radar user's queued marks first (``_marks_settled``), so nobody can
-        observe the position before the move. A mark lost in a crash only
-        means a message is delivered again.
+        The write is queued, not awaited, and rides along with the next send's
+        commit, so that a delivery neither waits for nor pays for a commit of
+        its own; every read that depends on read positions has the radar user's
+        queued marks committed first (``_marks_settled``), so nobody can observe
+        the position before the move. A mark lost in a crash only means a
+        message is delivered again.
         """
         positions: dict[tuple[int, int], int] = {}
         for message in messages:  # oldest first, so the last unread one per conversation wins
@@ -358,7 +367,7 @@ class ChatStore:
 
     def _queue_read_positions(self, side: Side, positions: dict[tuple[int, int], int]) -> asyncio.Future:
         """Positions only move forward, so a late or repeated mark is harmless."""
-        mark = self._writer.enqueue(_move_read_positions, (side, positions))
+        mark = self._writer.enqueue(_move_read_positions, (side, positions), urgent=False)
         user_ids = {user_id for _, user_id in positions}
         for user_id in user_ids:
             self._unsettled_marks.setdefault(user_id, set()).add(mark)
@@ -380,6 +389,7 @@ class ChatStore:
         """Wait until every queued read-position move of this radar user's conversations is committed."""
         marks = self._unsettled_marks.get(user_id)
         if marks:
+            self._writer.hurry()
             await asyncio.wait(list(marks))
 
     async def read_history(

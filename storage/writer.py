@@ -30,6 +30,8 @@ log = logging.getLogger("leida_chat.storage")
 ApplyMany = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 WriteOp = Callable[[sqlite3.Connection], Any]
 
+#: longest a change that is not urgent waits for company before it is committed alone
+LAZY_SECONDS = 0.05
 #: most changes in one transaction (SQLite caps a statement's parameters at 32766)
 MAX_BATCH = 500
 
@@ -49,19 +51,32 @@ class Writer:
         self._conn = conn
         self._pending: Batch = []
         self._wakeup = asyncio.Event()
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
         self.commits = 0
         self.changes = 0
 
-    def enqueue(self, apply: ApplyMany, item: Any) -> asyncio.Future:
-        """Queue ``item`` for ``apply`` in the next transaction; the future resolves once committed."""
+    def enqueue(self, apply: ApplyMany, item: Any, *, urgent: bool = True) -> asyncio.Future:
+        """Queue ``item`` for ``apply`` in the next transaction; the future resolves once committed.
+
+        A change that is not ``urgent`` rides along with the next urgent one, so
+        that it costs no commit of its own, or is committed after ``LAZY_SECONDS``
+        if none comes (``hurry`` commits it at once).
+        """
         if self._stopping:
             raise WriterClosed("the database writer is stopped")
         future = asyncio.get_running_loop().create_future()
         self._pending.append((apply, item, future))
-        self._wakeup.set()
+        if urgent:
+            self._wakeup.set()
+        elif self._lazy_timer is None:
+            self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_SECONDS, self.hurry)
         return future
+
+    def hurry(self) -> None:
+        """Commit what is queued now, lazy changes included."""
+        self._wakeup.set()
 
     async def submit(self, apply: ApplyMany, item: Any) -> Any:
         """``enqueue`` and wait for the commit."""
@@ -81,6 +96,9 @@ class Writer:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._lazy_timer is not None:  # lazy changes leave with this batch
+                self._lazy_timer.cancel()
+                self._lazy_timer = None
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._apply(batch)
