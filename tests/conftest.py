@@ -168,3 +168,21 @@ def other_customer(io_loop, store: ChatStore) -> Account:
     return Account(*io_loop.run_sync(lambda: store.save_customer(
         None, username="小明", headimgurl="https://wx.qlogo.cn/xm/132",
     )))
+
+
+@pytest.fixture
+def start_server(tmp_path: Path):
+    """``start_server(*args, env=None, cwd=tmp_path)``: a started ``leida_chat.py`` subprocess, killed at teardown."""
+    from live import Server
+
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+              wait: bool = True) -> Server:
+        server = Server(cwd or tmp_path, list(args), env, name=f"server{len(servers)}")
+        servers.append(server)
+        return server.wait_started() if wait else server
+
+    yield start
+    for server in servers:
+        server.kill()
