@@ -45,6 +45,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "host": "127.0.0.1",
         "port": 8000,
         "max_body_bytes": 64 * 1024,
+        "max_header_bytes": 16 * 1024,
         "idle_connection_timeout": 120.0,
         "body_timeout": 30.0,
         "shutdown_grace_seconds": 5.0,
@@ -52,7 +53,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "database": {"path": "data/leida_chat.db", "synchronous": "FULL"},
     "auth": {"max_skew_seconds": 900.0, "account_cache_seconds": 5.0},
-    "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200, "max_waiters": 10000},
+    "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200, "max_waiters": 10000,
+                 "max_waiters_per_account": 8},
     "limits": {"msg_max_chars": 5000, "content_max_bytes": 16 * 1024, "history_max_length": 100},
     "log": {"level": "INFO", "access": True},
 }
@@ -124,8 +126,10 @@ def _check(config: dict[str, dict[str, Any]]) -> None:
         raise ConfigError("longpoll.timeout and longpoll.max_timeout must be positive")
     if config["auth"]["max_skew_seconds"] < 0:
         raise ConfigError("auth.max_skew_seconds must be 0 (off) or positive")
-    for name, value in [("server.max_body_bytes", server["max_body_bytes"]), ("longpoll.max_items", longpoll["max_items"]),
+    for name, value in [("server.max_body_bytes", server["max_body_bytes"]),
+                        ("server.max_header_bytes", server["max_header_bytes"]), ("longpoll.max_items", longpoll["max_items"]),
                         ("longpoll.max_waiters", longpoll["max_waiters"]),
+                        ("longpoll.max_waiters_per_account", longpoll["max_waiters_per_account"]),
                         *((f"limits.{key}", value) for key, value in limits.items())]:
         if value < 1:
             raise ConfigError(f"{name} must be at least 1")
@@ -144,6 +148,7 @@ def api_settings(config: dict[str, dict[str, Any]]) -> ApiSettings:
         longpoll_max_timeout=config["longpoll"]["max_timeout"],
         getmsg_max_items=config["longpoll"]["max_items"],
         max_waiters=config["longpoll"]["max_waiters"],
+        max_waiters_per_account=config["longpoll"]["max_waiters_per_account"],
         msg_max_chars=config["limits"]["msg_max_chars"],
         content_max_bytes=config["limits"]["content_max_bytes"],
         history_max_length=config["limits"]["history_max_length"],
@@ -205,6 +210,7 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
     server = HTTPServer(
         app,
         idle_connection_timeout=server_config["idle_connection_timeout"],
+        max_header_size=server_config["max_header_bytes"],
         body_timeout=server_config["body_timeout"],
     )
     try:
@@ -227,6 +233,7 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
 
     log.info("stopping: answering held requests and finishing in-flight sends")
     server.stop()
+    app.settings["inflight"].stopping = True
     store.waiters.close()
     if not await app.settings["inflight"].drained(server_config["shutdown_grace_seconds"]):
         log.warning("%d requests still open after the grace period", app.settings["inflight"].count)

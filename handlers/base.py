@@ -23,7 +23,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from storage import ChatStore, Customer, RadarUser
 
-from .errors import ApiFailure, SignatureRejected
+from .errors import ApiFailure, InvalidParams, SignatureRejected
 from .params import INT64_MAX, Params
 from .settings import ApiSettings
 
@@ -67,10 +67,15 @@ def log_request(handler: RequestHandler) -> None:
 
 
 class InFlight:
-    """Requests begun and not yet answered, so that shutdown can let them finish."""
+    """Requests begun and not yet answered, so that shutdown can let them finish.
+
+    Once ``stopping``, requests that arrive on still-open keep-alive connections
+    get 503 and every answer closes its connection, so the count can reach zero.
+    """
 
     def __init__(self) -> None:
         self.count = 0
+        self.stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -98,7 +103,13 @@ class ApiHandler(RequestHandler):
         self.store = store
         self.api = settings
         self._inflight: InFlight | None = inflight
+        self._requests = inflight
+        self._arrived_while_stopping = inflight.stopping
         inflight.begin()
+
+    def prepare(self) -> Any:
+        if self._arrived_while_stopping:
+            raise HTTPError(503)
 
     def _end_inflight(self) -> None:
         if self._inflight is not None:
@@ -121,6 +132,8 @@ class ApiHandler(RequestHandler):
 
     def reply(self, msg: str, data: Any, code: int = 200) -> None:
         self.envelope_code = code
+        if self._requests.stopping:  # let keep-alive connections end with this answer
+            self.set_header("Connection", "close")
         self.finish(ujson.dumps({"code": code, "msg": msg, "data": data}, ensure_ascii=False))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -151,6 +164,7 @@ class NotFoundHandler(ApiHandler):
     """Unknown routes get the envelope too, with a real 404."""
 
     def prepare(self) -> None:
+        super().prepare()
         raise HTTPError(404)
 
 
@@ -170,10 +184,16 @@ class SignedHandler(ApiHandler):
     async def find_signer(self, account_id: int) -> Customer | RadarUser | None:
         raise NotImplementedError
 
+    @property
+    def account_key(self) -> tuple[str, int]:
+        """The signer, as a key unique across both kinds of account."""
+        return (type(self.signer).__name__, self.signer.id)
+
     async def prepare(self) -> None:
         self._body_chunks: list[bytes] = []
         self._body_size = 0
         self._body_rejected = False
+        super().prepare()
         self.reject_unimplemented_method()
         self.reject_declared_oversized_body()
         self.signer = await self.verify_signature()
@@ -234,9 +254,14 @@ class SignedHandler(ApiHandler):
         files: dict[str, list[httputil.HTTPFile]] = {}
         body = b"".join(self._body_chunks)
         if body:
-            httputil.parse_body_arguments(
-                self.request.headers.get("Content-Type", ""), body, body_arguments, files, self.request.headers
-            )
+            try:
+                httputil.parse_body_arguments(
+                    self.request.headers.get("Content-Type", ""), body, body_arguments, files, self.request.headers
+                )
+            except httputil.HTTPInputError:
+                raise InvalidParams.one(
+                    "form", "the body is not a readable urlencoded or multipart form", "invalid"
+                ) from None
         for name, values in body_arguments.items():
             arguments.setdefault(name, []).extend(values)
         return Params(arguments)

@@ -15,7 +15,7 @@ from typing import Any
 
 from tornado.web import HTTPError
 
-from storage import FROM_CUSTOMER, Message, Side, WaitKey, conversation_key, inbox_key
+from storage import FROM_CUSTOMER, SUPERSEDED, Message, Side, WaitKey, conversation_key, inbox_key
 
 from .base import SignedHandler
 from .params import Params
@@ -93,16 +93,20 @@ class LongPollHandler(SignedHandler):
                     break
                 if len(waiters) > self.api.max_waiters:
                     raise HTTPError(503, "longpoll.max_waiters reached")
+                waiters.hold(self.account_key, future, self.api.max_waiters_per_account)
                 await asyncio.wait((future,), timeout=remaining)
                 if future.cancelled():
                     return None
                 handed = future.result() if future.done() else None
+                if handed is SUPERSEDED:
+                    messages = []
+                    break
                 if handed is not None:
                     messages = [message for message in handed if wanted(message)]
                     if messages:
                         break
             finally:
-                waiters.discard((key,), future)
+                waiters.discard((key,), future, self.account_key)
                 self._waiting = None
         if self.client_gone():
             return None

@@ -16,6 +16,8 @@ class ApiSettings:
     getmsg_max_items: int = 200
     #: held getmsg requests at once; past it a getmsg that would wait gets 503 + Retry-After
     max_waiters: int = 10000
+    #: held getmsg requests of one account; past it the oldest is answered at once (empty)
+    max_waiters_per_account: int = 8
     msg_max_chars: int = 5000
     content_max_bytes: int = 16 * 1024
     history_max_length: int = 100

@@ -14,11 +14,11 @@ from .records import (
     Side,
 )
 from .store import ChatStore, local_timestamp
-from .waiters import WaitKey, Waiters, conversation_key, inbox_key
+from .waiters import SUPERSEDED, WaitKey, Waiters, conversation_key, inbox_key
 from .writer import WriterClosed
 
 __all__ = [
     "FROM_CUSTOMER", "FROM_RADAR_USER", "ChatStore", "Contact", "Customer", "HistoryPage",
-    "Message", "RadarUser", "SendReceipt", "Side", "WaitKey", "Waiters", "WriterClosed",
+    "Message", "RadarUser", "SUPERSEDED", "SendReceipt", "Side", "WaitKey", "Waiters", "WriterClosed",
     "conversation_key", "inbox_key", "local_timestamp",
 ]

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 WaitKey = tuple
 
+#: what a held request is handed when a newer one of the same account took its place
+SUPERSEDED = "superseded"
+
 
 def conversation_key(customer_id: int, user_id: int) -> WaitKey:
     return ("conversation", customer_id, user_id)
@@ -32,6 +35,7 @@ class Waiters:
     def __init__(self) -> None:
         self._by_key: dict[WaitKey, set[asyncio.Future]] = {}
         self._news: dict[WaitKey, list["Message | None"]] = {}
+        self._held_by: dict[object, dict[asyncio.Future, None]] = {}  # account -> its held waits, oldest first
         self._count = 0
         self.closed = False
 
@@ -53,7 +57,26 @@ class Waiters:
             self._by_key.setdefault(key, set()).add(future)
         return future
 
-    def discard(self, keys: Iterable[WaitKey], future: asyncio.Future) -> None:
+    def hold(self, account: object, future: asyncio.Future, limit: int) -> None:
+        """``future`` is about to be waited on for ``account``. Past ``limit`` held
+        waits of one account (tabs, devices, a runaway loop), the oldest is answered
+        now with ``SUPERSEDED`` rather than refusing the newest: the newest is the
+        page the person is looking at."""
+        held = self._held_by.setdefault(account, {})
+        held[future] = None
+        while len(held) > limit:
+            oldest = next(iter(held))
+            del held[oldest]
+            if not oldest.done():
+                oldest.set_result(SUPERSEDED)
+
+    def discard(self, keys: Iterable[WaitKey], future: asyncio.Future, account: object = None) -> None:
+        """The wait on ``future`` is over, whatever ended it."""
+        held = self._held_by.get(account)
+        if held is not None:
+            held.pop(future, None)
+            if not held:
+                del self._held_by[account]
         self._count -= 1
         for key in keys:
             futures = self._by_key.get(key)

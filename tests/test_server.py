@@ -314,6 +314,58 @@ def test_signal_answers_held_getmsg_and_exits_zero(tmp_path, start_server, signu
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
 
 
+def test_sigterm_lets_in_flight_sends_finish_and_exits_within_two_seconds(tmp_path, start_server):
+    """Senders that keep sending on keep-alive connections while the server stops:
+    every answered send is a 200 (or a 503 once stopping began) and every 200 is stored."""
+    import sqlite3
+    import threading
+
+    server = start_server(*serve_args(tmp_path))
+    db = str(tmp_path / "chat.db")
+    user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理")
+    customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "小明")
+    acknowledged: list[int] = []
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def keep_sending(worker: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=HTTP_TIMEOUT)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            body = urlencode({"u_id": user.id, "content": json.dumps({"info_type": 1, "msg": f"{worker}-{n}"})})
+            try:
+                conn.request("POST", f"{CUSTOMER}/chat/send_msg/0?" + urlencode(sign(customer)), body=body,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+                response = conn.getresponse()
+                answer = json.loads(response.read())
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                return  # the server closed the connection or stopped listening
+            answers.append(response.status)
+            if answer["code"] == 200:
+                acknowledged.append(answer["data"]["id"])
+
+    threads = [threading.Thread(target=keep_sending, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    returncode = server.proc.wait(timeout=5)
+    elapsed = time.monotonic() - signalled
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=HTTP_TIMEOUT)
+    assert returncode == 0, server.log()
+    assert elapsed < 2, f"took {elapsed:.2f} s to stop"
+    assert set(answers) <= {200, 503}, sorted(set(answers))
+    assert len(acknowledged) > 20
+    stored = {row[0] for row in sqlite3.connect(db).execute("SELECT id FROM message")}
+    assert set(acknowledged) <= stored
+    assert "Traceback" not in server.log()
+
+
 # -- 6. no secrets in the logs --------------------------------------------------
 
 
