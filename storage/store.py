@@ -171,26 +171,21 @@ class ChatStore:
     # -- accounts ------------------------------------------------------------
 
     async def customer(self, customer_id: int) -> Customer | None:
-        customer = self._customers.get(customer_id)
-        if customer is None:
-            row = await self._one(
-                f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer WHERE id = ?", (customer_id,)
-            )
-            if row is not None:
-                customer = Customer(*row)
-                self._customers.put(customer_id, customer)
-        return customer
+        return await self._account(self._customers, "customer", _CUSTOMER_FIELDS, Customer, customer_id)
 
     async def radar_user(self, user_id: int) -> RadarUser | None:
-        user = self._radar_users.get(user_id)
-        if user is None:
-            row = await self._one(
-                f"SELECT id, {', '.join(_RADAR_USER_FIELDS)} FROM radar_user WHERE id = ?", (user_id,)
-            )
+        return await self._account(self._radar_users, "radar_user", _RADAR_USER_FIELDS, RadarUser, user_id)
+
+    async def _account(
+        self, cache: AccountCache, table: str, fields: tuple[str, ...], record: type, account_id: int
+    ) -> Any:
+        account = cache.get(account_id)
+        if account is None:
+            row = await self._one(f"SELECT id, {', '.join(fields)} FROM {table} WHERE id = ?", (account_id,))
             if row is not None:
-                user = RadarUser(*row)
-                self._radar_users.put(user_id, user)
-        return user
+                account = record(*row)
+                cache.put(account_id, account)
+        return account
 
     async def save_customer(self, customer_id: int | None = None, **fields: str | None) -> tuple[int, str]:
         """Create a customer, or update the given fields of an existing one."""
