@@ -25,7 +25,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 
 from handlers import ApiSettings, make_app
-from storage import ChatStore
+from storage import FROM_RADAR_USER, ChatStore
 from storage.schema import SchemaTooNew
 
 log = logging.getLogger("leida_chat")
@@ -41,6 +41,9 @@ DEFAULT_CONFIG = HERE / "config.toml"
 
 #: Every setting and its default; the config file and environment may set only these.
 DEFAULTS: dict[str, dict[str, Any]] = {
+    # top-level keys (no [section]); demo = true serves /demo/ pages and hands out
+    # demo tokens to this machine: the shipped local config.toml turns it on, production must not
+    "": {"demo": False},
     "server": {
         "host": "127.0.0.1",
         "port": 8000,
@@ -65,7 +68,7 @@ class ConfigError(ValueError):
 
 
 def env_name(section: str, key: str) -> str:
-    return f"LEIDA_{section}_{key}".upper()
+    return f"LEIDA_{section}_{key}".upper() if section else f"LEIDA_{key}".upper()
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -102,13 +105,15 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> dic
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {path}: {error}") from None
-        for section, values in loaded.items():
-            if section not in DEFAULTS or not isinstance(values, dict):
+        top_level = {key: value for key, value in loaded.items() if not isinstance(value, dict)}
+        for section, values in [("", top_level), *((k, v) for k, v in loaded.items() if isinstance(v, dict))]:
+            if section not in DEFAULTS:
                 raise ConfigError(f"unknown config section [{section}] in {path}")
             for key, value in values.items():
+                name = f"{section}.{key}" if section else key
                 if key not in DEFAULTS[section]:
-                    raise ConfigError(f"unknown setting {section}.{key} in {path}")
-                config[section][key] = _coerce(f"{section}.{key}", value, DEFAULTS[section][key])
+                    raise ConfigError(f"unknown setting {name} in {path}")
+                config[section][key] = _coerce(name, value, DEFAULTS[section][key])
     for section, values in DEFAULTS.items():
         for key, default in values.items():
             name = env_name(section, key)
@@ -206,7 +211,8 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
             "(hard limit) or lower max_waiters", open_files, needed, config["longpoll"]["max_waiters"],
         )
     store = await open_store(config)
-    app = make_app(store, api_settings(config), access_log=config["log"]["access"])
+    demo = config[""]["demo"]
+    app = make_app(store, api_settings(config), access_log=config["log"]["access"], demo=demo)
     server = HTTPServer(
         app,
         idle_connection_timeout=server_config["idle_connection_timeout"],
@@ -224,6 +230,12 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
         server_config["host"], port, os.path.abspath(config["database"]["path"]), open_files,
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
+    if demo:
+        customer_page, radar_page = demo_urls(server_config["host"], port)
+        log.warning("demo mode: /demo/accounts.json hands out tokens to this machine; never in production")
+        print(f"\nleida-chat demo is running. Open these two pages side by side:\n"
+              f"  customer (H5 chat):   {customer_page}\n"
+              f"  radar user (console): {radar_page}\n", flush=True)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -240,6 +252,37 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
     await server.close_all_connections()
     await store.close()
     log.info("stopped after %d commits of %d changes", store.commits, store.changes)
+
+
+# -- demo -----------------------------------------------------------------------
+
+DEMO_DATABASE = "data/demo.db"
+DEMO_GREETING = "您好，我是王经理，很高兴为您服务。有什么可以帮您的吗？"
+
+
+async def seed_demo(config: dict[str, dict[str, Any]]) -> None:
+    """A radar user and three customers, each greeted once, unless the database has people already."""
+    store = await open_store(config)
+    try:
+        user, _ = await store.first_accounts(1)
+        if user is not None:
+            return
+        user_id, _ = await store.save_radar_user(
+            None, username="王经理", avatar="/static/demo/avatars/rep.svg",
+            mingpian_avatar="/static/demo/avatars/rep.svg", mingpian_phone="18900000000", wechat="wang_demo",
+        )
+        for number, name in enumerate(("小明", "李华", "张伟"), start=1):
+            customer_id, _ = await store.save_customer(
+                None, username=name, headimgurl=f"/static/demo/avatars/{number}.svg"
+            )
+            await store.send(customer_id, user_id, FROM_RADAR_USER, {"info_type": 1, "msg": DEMO_GREETING})
+    finally:
+        await store.close()
+
+
+def demo_urls(host: str, port: int) -> list[str]:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return [f"http://{shown}:{port}/demo/customer.html", f"http://{shown}:{port}/demo/radar.html"]
 
 
 # -- accounts -----------------------------------------------------------------
@@ -314,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--host", help="address to listen on (overrides server.host)")
     serve_parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
 
+    demo = command("demo", f"run the demo: a demo database ({DEMO_DATABASE}), a radar user, three "
+                           "customers, and the two demo pages; prints their addresses")
+    demo.add_argument("--host", help="address to listen on (overrides server.host)")
+    demo.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+
     user = command("add-user", "create or update a radar user; prints {\"id\", \"token\"}")
     user.add_argument("--name", type=_name, help="display name (required for a new user)")
     user.add_argument("--id", type=_account_id, help="account id; an existing id is updated")
@@ -327,10 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     customer.add_argument("--token", type=_token, help="secret token (default: random 32 hex digits)")
     customer.add_argument("--headimgurl", help="avatar URL")
 
-    demo = command("demo-accounts", "create numbered radar users and customers in one transaction")
-    demo.add_argument("--users", type=_count, required=True)
-    demo.add_argument("--customers", type=_count, required=True)
-    demo.add_argument("--json", type=Path, required=True, help="file to write the ids and tokens to")
+    numbered = command("demo-accounts", "create numbered radar users and customers in one transaction")
+    numbered.add_argument("--users", type=_count, required=True)
+    numbered.add_argument("--customers", type=_count, required=True)
+    numbered.add_argument("--json", type=Path, required=True, help="file to write the ids and tokens to")
     return parser
 
 
@@ -365,7 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command in (None, "serve"):
+        if args.command == "demo":
+            config[""]["demo"] = True
+            if not args.db:
+                config["database"]["path"] = DEMO_DATABASE
+            asyncio.run(seed_demo(config))
+        if args.command in (None, "serve", "demo"):
             with asyncio.Runner(loop_factory=event_loop_factory(config["server"]["event_loop"])) as runner:
                 runner.run(serve(config))
             return 0

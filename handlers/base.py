@@ -160,12 +160,20 @@ class ApiHandler(RequestHandler):
         app_log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 
 
+@stream_request_body
 class NotFoundHandler(ApiHandler):
-    """Unknown routes get the envelope too, with a real 404."""
+    """Unknown routes get the envelope too, with a real 404.
+
+    Streamed so that tornado neither buffers nor parses a body sent to a route
+    that does not exist (a malformed one would otherwise be a bare 400 first).
+    """
 
     def prepare(self) -> None:
         super().prepare()
         raise HTTPError(404)
+
+    def data_received(self, chunk: bytes) -> None:
+        pass
 
 
 @stream_request_body

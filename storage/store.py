@@ -187,6 +187,15 @@ class ChatStore:
                 cache.put(account_id, account)
         return account
 
+    async def first_accounts(self, customers: int) -> tuple[RadarUser | None, list[Customer]]:
+        """The lowest-numbered radar user and customers (what the demo pages sign with)."""
+        row = await self._one("SELECT MIN(id) FROM radar_user", ())
+        user = await self.radar_user(row[0]) if row and row[0] is not None else None
+        rows = await self._all(
+            f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer ORDER BY id LIMIT ?", (customers,)
+        )
+        return user, [Customer(*row) for row in rows]
+
     async def save_customer(self, customer_id: int | None = None, **fields: str | None) -> tuple[int, str]:
         """Create a customer, or update the given fields of an existing one."""
         saved = await self._save_account("customer", _CUSTOMER_FIELDS, customer_id, fields)

@@ -1,0 +1,37 @@
+"""GET /openapi.json: the OpenAPI 3.1 document of the contract, unsigned.
+
+The document is ``openapi.json`` at the repository root, kept by hand beside
+CONTRACT.md and checked against the live server by ``tests/test_openapi.py``.
+It is read once, on the first request, and served as stored. An ApiHandler,
+so that a wrong method (405) or a missing file (500) still gets the envelope.
+"""
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from tornado.web import stream_request_body
+
+from .base import ApiHandler
+
+DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
+
+
+@cache
+def document() -> bytes:
+    return DOCUMENT_PATH.read_bytes()
+
+
+@stream_request_body
+class OpenApiHandler(ApiHandler):
+    """GET /openapi.json
+
+    A body sent along is dropped as it streams in: never buffered, and never
+    parsed (tornado would answer a malformed form body with a bare 400).
+    """
+
+    def data_received(self, chunk: bytes) -> None:
+        pass
+
+    def get(self) -> None:
+        self.finish(document())

@@ -1,0 +1,712 @@
+/*!
+ * leida-chat.js — a dependency-free browser client for the leida-chat server.
+ *
+ * One LeidaChat instance = one signed account (a customer or a radar user)
+ * talking to one conversation, or (radar side, peerId null) to the whole
+ * inbox. It signs every request (user_id, timestamp, rand_str =
+ * md5(timestamp + token)), keeps one long-poll open that always resumes from
+ * the highest message id it has seen (`last_id`), backs off with jitter on
+ * errors, de-duplicates messages by id, and retries sends with the same
+ * client_msg_id so the server stores them once. Plain ES2017 + fetch: load it
+ * with <script src="/static/leida-chat.js"> (global `LeidaChat`) or require()
+ * it (module.exports).
+ *
+ * Usage (customer H5 page talking to radar user 1):
+ *
+ *   var chat = new LeidaChat({
+ *     side: "customer", accountId: 2, token: "9ab0…", peerId: 1,
+ *     onMessages: function (items) { items.forEach(render); },
+ *     onState: function (state, delayMs) { showState(state, delayMs); },
+ *     onError: function (err) { console.warn(err.code, err.msg); }
+ *   });
+ *   chat.history({ currentPage: 1, length: 20 })   // newest page, oldest first
+ *     .then(function (data) { data.ret_data.forEach(render); })
+ *     .then(function () { chat.start(); });         // polls from the newest id
+ *   chat.send("你好").then(function (r) { console.log(r.id, r.dateTime); });
+ *   chat.send({ info_type: 4, url: "https://example.com/a.png" });
+ *   chat.unreadCount().then(function (n) { badge.textContent = n; });
+ *   // radar console: one inbox poll, send to a chosen customer
+ *   var inbox = new LeidaChat({ side: "radar", accountId: 1, token: "…", peerId: null,
+ *                               onMessages: route });
+ *   inbox.contacts({ currentPage: 1, length: 50 }).then(showContacts).then(function () { inbox.start(); });
+ *   inbox.send("您好", { customerId: 7 });
+ *   window.addEventListener("pagehide", function () { chat.stop(); });
+ */
+(function (root, factory) {
+  "use strict";
+  var LeidaChat = factory();
+  if (typeof module === "object" && module && module.exports) {
+    module.exports = LeidaChat;
+  }
+  if (root) {
+    root.LeidaChat = LeidaChat;
+  }
+})(
+  typeof globalThis !== "undefined" ? globalThis
+    : typeof window !== "undefined" ? window
+    : typeof self !== "undefined" ? self : this,
+  function () {
+    "use strict";
+
+    /* ------------------------------------------------------------------ *
+     * MD5 (RFC 1321) over the UTF-8 bytes of a string, lowercase hex.
+     * ------------------------------------------------------------------ */
+
+    // K[i] = floor(abs(sin(i + 1)) * 2^32), written out rather than computed.
+    var MD5_K = [
+      0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
+      0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
+      0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
+      0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
+      0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
+      0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
+      0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+      0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391
+    ];
+    // per-round left-rotation amounts
+    var MD5_S = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
+
+    /** The UTF-8 bytes of a JS string; a lone surrogate becomes U+FFFD (as TextEncoder does). */
+    function utf8Bytes(str) {
+      var out = [];
+      for (var i = 0; i < str.length; i++) {
+        var c = str.charCodeAt(i);
+        if (c >= 0xd800 && c <= 0xdbff && i + 1 < str.length) {
+          var next = str.charCodeAt(i + 1);
+          if (next >= 0xdc00 && next <= 0xdfff) {
+            c = 0x10000 + ((c - 0xd800) << 10) + (next - 0xdc00);
+            i++;
+          } else {
+            c = 0xfffd;
+          }
+        } else if (c >= 0xd800 && c <= 0xdfff) {
+          c = 0xfffd;
+        }
+        if (c < 0x80) {
+          out.push(c);
+        } else if (c < 0x800) {
+          out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+        } else if (c < 0x10000) {
+          out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+        } else {
+          out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+        }
+      }
+      return out;
+    }
+
+    function md5Bytes(bytes) {
+      var n = bytes.length;
+      var blocks = ((n + 8) >>> 6) + 1; // 64-byte blocks after padding
+      var words = new Array(blocks * 16);
+      var i;
+      for (i = 0; i < words.length; i++) words[i] = 0;
+      for (i = 0; i < n; i++) words[i >> 2] |= bytes[i] << ((i % 4) * 8);
+      words[n >> 2] |= 0x80 << ((n % 4) * 8);
+      words[blocks * 16 - 2] = (n * 8) % 4294967296 | 0; // message length in bits, low word
+      words[blocks * 16 - 1] = Math.floor(n / 536870912) | 0; // high word
+
+      var a0 = 0x67452301 | 0, b0 = 0xefcdab89 | 0, c0 = 0x98badcfe | 0, d0 = 0x10325476 | 0;
+      for (var off = 0; off < words.length; off += 16) {
+        var a = a0, b = b0, c = c0, d = d0;
+        for (i = 0; i < 64; i++) {
+          var f, g;
+          if (i < 16) {
+            f = (b & c) | (~b & d);
+            g = i;
+          } else if (i < 32) {
+            f = (d & b) | (~d & c);
+            g = (5 * i + 1) % 16;
+          } else if (i < 48) {
+            f = b ^ c ^ d;
+            g = (3 * i + 5) % 16;
+          } else {
+            f = c ^ (b | ~d);
+            g = (7 * i) % 16;
+          }
+          var s = MD5_S[(i >> 4) * 4 + (i % 4)];
+          f = (f + a + MD5_K[i] + words[off + g]) | 0;
+          a = d;
+          d = c;
+          c = b;
+          b = (b + ((f << s) | (f >>> (32 - s)))) | 0;
+        }
+        a0 = (a0 + a) | 0;
+        b0 = (b0 + b) | 0;
+        c0 = (c0 + c) | 0;
+        d0 = (d0 + d) | 0;
+      }
+      var hex = "";
+      var state = [a0, b0, c0, d0];
+      for (i = 0; i < 4; i++) {
+        for (var k = 0; k < 4; k++) {
+          var byte = (state[i] >>> (k * 8)) & 0xff;
+          hex += (byte < 16 ? "0" : "") + byte.toString(16);
+        }
+      }
+      return hex;
+    }
+
+    /** md5(string) -> 32 lowercase hex chars of the MD5 of the string's UTF-8 bytes. */
+    function md5(str) {
+      return md5Bytes(utf8Bytes(String(str)));
+    }
+
+    /* ------------------------------------------------------------------ *
+     * Small helpers
+     * ------------------------------------------------------------------ */
+
+    var PATHS = {
+      customer: {
+        getmsg: "/zhugeleida/gongzhonghao/chat/getmsg/0",
+        send: "/zhugeleida/gongzhonghao/chat/send_msg/0",
+        history: "/zhugeleida/gongzhonghao/chat",
+        unread: "/zhugeleida/gongzhonghao/chat/query_num/0"
+      },
+      radar: {
+        getmsg: "/zhugeleida/qiyeweixin/chat/getmsg/0",
+        send: "/zhugeleida/qiyeweixin/chat/send_msg/0",
+        history: "/zhugeleida/qiyeweixin/chat",
+        unread: "/zhugeleida/qiyeweixin/chat/query_num/0",
+        contacts: "/zhugeleida/qiyeweixin/contact"
+      }
+    };
+
+    var POLL_BACKOFF_MIN_MS = 1000;
+    var POLL_BACKOFF_MAX_MS = 30000;
+    var SEND_RETRIES = 4; // after the first attempt
+    var SEND_BACKOFF_MIN_MS = 500;
+    var SEND_BACKOFF_MAX_MS = 8000;
+    var REQUEST_TIMEOUT_MS = 20000; // non-poll requests
+    var POLL_GRACE_MS = 15000; // a held poll may take `wait` + this before we give up on it
+    var SEEN_MAX = 5000; // ids remembered for de-duplication
+    var CLOCK_SKEW_TOLERANCE_MS = 120000;
+
+    function noop() {}
+
+    /**
+     * A backoff delay: min * 2^attempt plus up to 25 % jitter; once that passes
+     * `max`, a jittered 80–100 % of max. So the poll waits ~1, 2, 4, 8, 16 s,
+     * then 24–30 s, never less than 1 s nor more than 30 s.
+     */
+    function backoffDelay(attempt, min, max) {
+      var delay = min * Math.pow(2, Math.min(attempt, 20)) * (1 + 0.25 * Math.random());
+      if (delay > max) delay = max * (0.8 + 0.2 * Math.random());
+      return Math.round(delay);
+    }
+
+    function randomHex(bytes) {
+      var out = "";
+      var c = typeof crypto !== "undefined" && crypto && crypto.getRandomValues ? crypto : null;
+      var buf = new Uint8Array(bytes);
+      if (c) {
+        c.getRandomValues(buf);
+      } else {
+        for (var j = 0; j < bytes; j++) buf[j] = Math.floor(Math.random() * 256);
+      }
+      for (var i = 0; i < bytes; i++) out += (buf[i] < 16 ? "0" : "") + buf[i].toString(16);
+      return out;
+    }
+
+    /** A fresh idempotency key for send_msg (at most 64 chars; these are 35). */
+    function newClientMsgId() {
+      return "lc-" + randomHex(16);
+    }
+
+    function encodeParams(params) {
+      var parts = [];
+      Object.keys(params).forEach(function (key) {
+        var value = params[key];
+        if (value === undefined || value === null) return;
+        parts.push(encodeURIComponent(key) + "=" + encodeURIComponent(String(value)));
+      });
+      return parts.join("&");
+    }
+
+    /** An Error with the envelope's `code`/`msg`/`data` and the HTTP `status` (0: none). */
+    function chatError(code, msg, status, data) {
+      var err = new Error(typeof msg === "string" && msg ? msg : String(code));
+      err.code = code;
+      err.msg = msg;
+      err.status = status || 0;
+      err.data = data === undefined ? null : data;
+      return err;
+    }
+
+    function isRetryable(err) {
+      return err.code === "network" || err.code === "timeout" || err.status === 429 || err.status >= 500;
+    }
+
+    function maxId(items, start) {
+      var top = start;
+      for (var i = 0; i < items.length; i++) {
+        var id = items[i] && Number(items[i].id);
+        if (id > top) top = id;
+      }
+      return top;
+    }
+
+    /* ------------------------------------------------------------------ *
+     * LeidaChat
+     * ------------------------------------------------------------------ */
+
+    /**
+     * @param {object} options
+     *   baseUrl    server origin ("" = same origin)
+     *   side       "customer" | "radar"
+     *   accountId  id of the signing account (the customer, or the radar user)
+     *   token      that account's secret token
+     *   peerId     customer side: the radar user id (required);
+     *              radar side: a customer id, or null for the whole inbox
+     *   wait       long-poll hold in seconds (default 25)
+     *   lastId     optional starting cursor (default 0; history()/contacts() raise it)
+     *   onMessages function(items)          new messages, oldest first, each id once
+     *   onState    function(state, delayMs) "connecting" | "live" | "retrying" | "stopped"
+     *   onError    function(err)            err.code / err.msg / err.status / err.data
+     *   fetch      optional fetch implementation (tests)
+     */
+    function LeidaChat(options) {
+      if (!(this instanceof LeidaChat)) return new LeidaChat(options);
+      var o = options || {};
+      if (o.side !== "customer" && o.side !== "radar") {
+        throw new Error('LeidaChat: side must be "customer" or "radar"');
+      }
+      if (o.accountId === undefined || o.accountId === null || o.accountId === "") {
+        throw new Error("LeidaChat: accountId is required");
+      }
+      if (!o.token) throw new Error("LeidaChat: token is required");
+      var peer = o.peerId === undefined || o.peerId === "" ? null : o.peerId;
+      if (o.side === "customer" && peer === null) {
+        throw new Error("LeidaChat: peerId (the radar user id) is required on the customer side");
+      }
+      this.baseUrl = String(o.baseUrl || "").replace(/\/+$/, "");
+      this.side = o.side;
+      this.accountId = o.accountId;
+      this.token = String(o.token);
+      this.peerId = peer;
+      this.wait = typeof o.wait === "number" && o.wait >= 0 ? o.wait : 25;
+      this.onMessages = typeof o.onMessages === "function" ? o.onMessages : noop;
+      this.onState = typeof o.onState === "function" ? o.onState : noop;
+      this.onError = typeof o.onError === "function" ? o.onError : noop;
+      this.lastId = Number(o.lastId) > 0 ? Number(o.lastId) : 0;
+      this.state = "stopped";
+      this.running = false;
+
+      var f = o.fetch || (typeof fetch === "function" ? fetch : null);
+      if (!f) throw new Error("LeidaChat: fetch is not available");
+      this._fetch = function (url, init) {
+        return f(url, init);
+      };
+      this._seen = new Set();
+      this._seenOrder = [];
+      this._gen = 0; // bumped by start/stop: answers of an older generation are ignored
+      this._attempt = 0; // consecutive poll failures
+      this._quickEmpty = 0; // consecutive answers with nothing new that came back at once
+      this._connected = false; // a poll answered since (re)connecting
+      this._pollTimer = null;
+      this._pollAbort = null;
+      this._sleepers = []; // send backoff timers, cancelled by stop()
+      this._clockOffset = 0; // server time - local time, when the phone's clock is far off
+      this._onOnline = this._onOnline.bind(this);
+    }
+
+    LeidaChat.md5 = md5;
+    LeidaChat.newClientMsgId = newClientMsgId;
+    LeidaChat.version = "1.0.0";
+
+    var proto = LeidaChat.prototype;
+
+    /* ---------------- signing and requests ---------------- */
+
+    /** The full signed URL of `path` with `params` (null/undefined params are left out). */
+    proto.signedUrl = function (path, params) {
+      var ts = String(Date.now() + this._clockOffset);
+      var query = encodeParams({ user_id: this.accountId, timestamp: ts, rand_str: md5(ts + this.token) });
+      var extra = encodeParams(params || {});
+      return this.baseUrl + path + "?" + query + (extra ? "&" + extra : "");
+    };
+
+    /**
+     * One signed request. Resolves with the envelope's `data` when code is 200;
+     * rejects with chatError: code = envelope code (400, 402…), HTTP status
+     * (404, 413, 503…), "network", "timeout", "aborted" or "bad_response".
+     * `holder.abort` is set to a function that cancels this request.
+     */
+    proto._request = function (method, path, params, form, timeoutMs, holder, isRetry) {
+      var self = this;
+      var controller = typeof AbortController === "function" ? new AbortController() : null;
+      var init = { method: method, credentials: "same-origin", cache: "no-store" };
+      if (form) {
+        init.body = encodeParams(form);
+        init.headers = { "Content-Type": "application/x-www-form-urlencoded;charset=UTF-8" };
+      }
+      if (controller) init.signal = controller.signal;
+      var startedAt = Date.now();
+      var url = this.signedUrl(path, params);
+
+      return new Promise(function (resolve, reject) {
+        var settled = false;
+        var timer = null;
+        function finish(fn, value) {
+          if (settled) return;
+          settled = true;
+          if (timer) clearTimeout(timer);
+          if (holder) holder.abort = noop;
+          fn(value);
+        }
+        function cancel(code) {
+          if (controller) {
+            try {
+              controller.abort();
+            } catch (e) { /* ignore */ }
+          }
+          finish(reject, chatError(code, code === "timeout" ? "请求超时" : "请求已取消", 0));
+        }
+        if (holder) holder.abort = function () { cancel("aborted"); };
+        timer = setTimeout(function () { cancel("timeout"); }, timeoutMs);
+
+        self._fetch(url, init).then(
+          function (response) {
+            var skewChanged = self._noteServerDate(response, startedAt);
+            return response.text().then(function (text) {
+              var body = null;
+              try {
+                body = text ? JSON.parse(text) : null;
+              } catch (e) {
+                body = null;
+              }
+              var ok = response.status === 200;
+              if (body && typeof body === "object" && typeof body.code === "number") {
+                if (ok && body.code === 200) return finish(resolve, body.data);
+                // a rejected signature right after learning the phone's clock is off: sign again once
+                if (ok && body.code === 400 && skewChanged && !isRetry) {
+                  if (timer) clearTimeout(timer);
+                  settled = true;
+                  return self._request(method, path, params, form, timeoutMs, holder, true).then(resolve, reject);
+                }
+                var retryAfter = Number(response.headers && response.headers.get && response.headers.get("Retry-After"));
+                var err = chatError(ok ? body.code : response.status, body.msg, response.status, body.data);
+                if (retryAfter > 0) err.retryAfter = retryAfter;
+                return finish(reject, err);
+              }
+              finish(reject, chatError(ok ? "bad_response" : response.status, "服务器响应无法解析", response.status));
+            });
+          }
+        ).then(null, function (e) {
+          finish(reject, chatError("network", (e && e.message) || "网络错误", 0));
+        });
+      });
+    };
+
+    /** Learn the clock offset from the Date header when the local clock is minutes off. */
+    proto._noteServerDate = function (response, startedAt) {
+      var header = response && response.headers && response.headers.get ? response.headers.get("Date") : null;
+      var server = header ? Date.parse(header) : NaN;
+      if (!(server > 0)) return false;
+      var diff = server - startedAt;
+      var next = Math.abs(diff) > CLOCK_SKEW_TOLERANCE_MS ? diff : 0;
+      var changed = Math.abs(next - this._clockOffset) > CLOCK_SKEW_TOLERANCE_MS;
+      this._clockOffset = next;
+      return changed;
+    };
+
+    /* ---------------- the long-poll loop ---------------- */
+
+    /** Start (or resume) the long-poll loop from `lastId`. No-op when already running. */
+    proto.start = function () {
+      if (this.running) return this;
+      this.running = true;
+      this._gen++;
+      this._attempt = 0;
+      this._quickEmpty = 0;
+      this._connected = false;
+      if (typeof window !== "undefined" && window.addEventListener) {
+        window.addEventListener("online", this._onOnline);
+      }
+      this._setState("connecting");
+      this._poll();
+      return this;
+    };
+
+    /** Stop: abort the held request, clear every timer, cancel sends waiting to retry. */
+    proto.stop = function () {
+      var wasRunning = this.running;
+      this.running = false;
+      this._gen++;
+      if (this._pollTimer) clearTimeout(this._pollTimer);
+      this._pollTimer = null;
+      if (this._pollAbort) this._pollAbort.abort();
+      this._pollAbort = null;
+      var sleepers = this._sleepers;
+      this._sleepers = [];
+      sleepers.forEach(function (s) { s.cancel(); });
+      if (typeof window !== "undefined" && window.removeEventListener) {
+        window.removeEventListener("online", this._onOnline);
+      }
+      if (wasRunning || this.state !== "stopped") this._setState("stopped");
+      return this;
+    };
+
+    proto._setState = function (state, delayMs) {
+      this.state = state;
+      try {
+        if (state === "retrying") this.onState(state, delayMs);
+        else this.onState(state);
+      } catch (e) {
+        this._report(e);
+      }
+    };
+
+    proto._report = function (err) {
+      try {
+        this.onError(err);
+      } catch (e) {
+        if (typeof console !== "undefined") console.error(e);
+      }
+    };
+
+    proto._pollParams = function (wait) {
+      var params = { wait: wait, last_id: this.lastId };
+      if (this.side === "customer") params.u_id = this.peerId;
+      else if (this.peerId !== null) params.customer_id = this.peerId;
+      return params;
+    };
+
+    proto._poll = function () {
+      var self = this;
+      var gen = this._gen;
+      this._pollTimer = null;
+      // The first poll of a connection answers at once (wait=0): it proves the
+      // connection and fetches anything newer than the cursor; then we hold.
+      var wait = this._connected ? this.wait : 0;
+      var holder = { abort: noop };
+      this._pollAbort = holder;
+      var startedAt = Date.now();
+      this._request("GET", PATHS[this.side].getmsg, this._pollParams(wait), null,
+        wait * 1000 + POLL_GRACE_MS, holder).then(
+        function (data) {
+          if (gen === self._gen) self._pollAnswered(data, Date.now() - startedAt);
+        },
+        function (err) {
+          if (gen === self._gen) self._pollFailed(err);
+        }
+      );
+    };
+
+    proto._schedulePoll = function (delayMs) {
+      var self = this;
+      var gen = this._gen;
+      this._pollTimer = setTimeout(function () {
+        if (gen === self._gen && self.running) self._poll();
+      }, delayMs);
+    };
+
+    proto._pollAnswered = function (data, elapsedMs) {
+      var items = data && Array.isArray(data.ret_data) ? data.ret_data : [];
+      this._pollAbort = null;
+      this._attempt = 0;
+      this._connected = true;
+      this.lastId = maxId(items, this.lastId);
+      if (this.state !== "live") this._setState("live");
+      var gen = this._gen;
+      var fresh = this._unseen(items);
+      if (fresh.length) {
+        try {
+          this.onMessages(fresh);
+        } catch (e) {
+          this._report(e);
+        }
+      }
+      if (gen !== this._gen || !this.running) return; // a callback called stop() (or stop() and start())
+      // An answer with nothing new that came back at once (wait=0, or the server
+      // superseding this request for a newer one of the same account) must not
+      // become a busy loop: after 3 in a row, wait a second before the next poll.
+      if (!fresh.length && elapsedMs < 500) this._quickEmpty++;
+      else this._quickEmpty = 0;
+      if (this._quickEmpty >= 3) this._schedulePoll(1000);
+      else this._poll();
+    };
+
+    proto._pollFailed = function (err) {
+      this._pollAbort = null;
+      this._connected = false;
+      var delay = backoffDelay(this._attempt, POLL_BACKOFF_MIN_MS, POLL_BACKOFF_MAX_MS);
+      if (err.retryAfter) delay = Math.min(POLL_BACKOFF_MAX_MS, Math.max(delay, err.retryAfter * 1000));
+      this._attempt++;
+      var gen = this._gen;
+      this._report(err);
+      if (gen !== this._gen || !this.running) return;
+      this._setState("retrying", delay);
+      if (gen === this._gen && this.running) this._schedulePoll(delay);
+    };
+
+    proto._onOnline = function () {
+      // back online: do not sit out the rest of a long backoff
+      if (this.running && this.state === "retrying" && this._pollTimer) {
+        clearTimeout(this._pollTimer);
+        this._schedulePoll(0);
+      }
+    };
+
+    /** The items whose id was never handed out before (remembering them). */
+    proto._unseen = function (items) {
+      var out = [];
+      for (var i = 0; i < items.length; i++) {
+        var item = items[i];
+        var id = item ? item.id : undefined;
+        if (id === undefined || id === null) {
+          out.push(item);
+          continue;
+        }
+        if (this._seen.has(String(id))) continue;
+        this._remember(id);
+        out.push(item);
+      }
+      return out;
+    };
+
+    proto._remember = function (id) {
+      var key = String(id);
+      if (this._seen.has(key)) return;
+      this._seen.add(key);
+      this._seenOrder.push(key);
+      if (this._seenOrder.length > SEEN_MAX) this._seen.delete(this._seenOrder.shift());
+    };
+
+    /* ---------------- sending ---------------- */
+
+    /**
+     * Send a message. `content`: an object such as {info_type: 1, msg: "你好"}
+     * (stringified for you) or a plain string (= a text message).
+     * opts: {customerId} (radar side: the recipient, default peerId),
+     *       {clientMsgId} (reuse one to resend a message idempotently),
+     *       {retries} (network/5xx retries, default 4).
+     * Resolves with {id, dateTime}; rejects with an Error carrying code/msg/data
+     * (and clientMsgId). code 400/402: the server refused; "network"/"timeout"/5xx:
+     * every retry failed; "stopped": stop() was called during a backoff.
+     */
+    proto.send = function (content, opts) {
+      var self = this;
+      var o = opts || {};
+      var body = typeof content === "string" ? { info_type: 1, msg: content } : content;
+      var clientMsgId = o.clientMsgId ? String(o.clientMsgId).slice(0, 64) : newClientMsgId();
+      var retries = typeof o.retries === "number" && o.retries >= 0 ? o.retries : SEND_RETRIES;
+      var form = { content: JSON.stringify(body), client_msg_id: clientMsgId };
+      if (this.side === "customer") {
+        form.u_id = this.peerId;
+      } else {
+        var customerId = o.customerId !== undefined && o.customerId !== null ? o.customerId : this.peerId;
+        if (customerId === null) {
+          var missing = chatError(402, "customerId is required to send from the inbox", 0, null);
+          missing.clientMsgId = clientMsgId;
+          return Promise.reject(missing);
+        }
+        form.customer_id = customerId;
+      }
+      var path = PATHS[this.side].send;
+
+      function attempt(n) {
+        return self._request("POST", path, null, form, REQUEST_TIMEOUT_MS, null).then(null, function (err) {
+          err.clientMsgId = clientMsgId;
+          if (!isRetryable(err) || n >= retries) throw err;
+          var delay = backoffDelay(n, SEND_BACKOFF_MIN_MS, SEND_BACKOFF_MAX_MS);
+          if (err.retryAfter) delay = Math.min(SEND_BACKOFF_MAX_MS, Math.max(delay, err.retryAfter * 1000));
+          return self._sleep(delay, clientMsgId).then(function () { return attempt(n + 1); });
+        });
+      }
+      return attempt(0);
+    };
+
+    /** A timer that stop() can cancel (rejecting with code "stopped"). */
+    proto._sleep = function (ms, clientMsgId) {
+      var self = this;
+      return new Promise(function (resolve, reject) {
+        var sleeper = {};
+        var timer = setTimeout(function () {
+          self._sleepers = self._sleepers.filter(function (s) { return s !== sleeper; });
+          resolve();
+        }, ms);
+        sleeper.cancel = function () {
+          clearTimeout(timer);
+          var err = chatError("stopped", "已停止", 0);
+          err.clientMsgId = clientMsgId;
+          reject(err);
+        };
+        self._sleepers.push(sleeper);
+      });
+    };
+
+    /* ---------------- helpers ---------------- */
+
+    /**
+     * One history page (page 1 = newest; each page oldest first). Resolves with
+     * the envelope data: {ret_data, data_count[, mingpian_phone, wechat]}.
+     * opts: {currentPage (default 1), length (default 20, max 100; 0 = up to the cap),
+     *        customerId (radar side, default peerId)}.
+     * Before start(), the polled conversation's history also seeds the cursor
+     * (lastId) and the de-duplication set.
+     */
+    proto.history = function (opts) {
+      var self = this;
+      var o = opts || {};
+      var params = { current_page: o.currentPage || 1, length: o.length === undefined ? 20 : o.length };
+      var polled = true;
+      if (this.side === "customer") {
+        params.u_id = this.peerId;
+      } else {
+        var customerId = o.customerId !== undefined && o.customerId !== null ? o.customerId : this.peerId;
+        if (customerId === null) return Promise.reject(chatError(402, "customerId is required", 0, null));
+        params.customer_id = customerId;
+        polled = this.peerId !== null && String(customerId) === String(this.peerId);
+      }
+      return this._request("GET", PATHS[this.side].history, params, null, REQUEST_TIMEOUT_MS, null).then(function (data) {
+        var items = data && Array.isArray(data.ret_data) ? data.ret_data : [];
+        if (polled && !self.running) {
+          self.lastId = maxId(items, self.lastId);
+          items.forEach(function (item) { if (item && item.id !== undefined) self._remember(item.id); });
+        }
+        return data;
+      });
+    };
+
+    /**
+     * Unread messages from the other side. Customer: in this conversation.
+     * Radar: opts.customerId (default peerId; null = all conversations).
+     * Resolves with a number.
+     */
+    proto.unreadCount = function (opts) {
+      var o = opts || {};
+      var params = {};
+      if (this.side === "customer") {
+        params.u_id = this.peerId;
+      } else {
+        params.customer_id = o.customerId !== undefined ? o.customerId : this.peerId;
+      }
+      return this._request("GET", PATHS[this.side].unread, params, null, REQUEST_TIMEOUT_MS, null).then(function (data) {
+        return Number(data && data.chatinfo_count) || 0;
+      });
+    };
+
+    /**
+     * Radar side only: the conversations, most recent first. Resolves with
+     * {ret_data: [{customer_id, customer, customer_headimgurl, unread_count, last_msg}], data_count}.
+     * opts: {currentPage (default 1), length (default 20, max 100)}.
+     * Before start(), an inbox client (peerId null) seeds its cursor from the newest last_msg.
+     */
+    proto.contacts = function (opts) {
+      var self = this;
+      if (this.side !== "radar") return Promise.reject(chatError(402, "contacts() is radar-side only", 0, null));
+      var o = opts || {};
+      var params = { current_page: o.currentPage || 1, length: o.length === undefined ? 20 : o.length };
+      return this._request("GET", PATHS.radar.contacts, params, null, REQUEST_TIMEOUT_MS, null).then(function (data) {
+        var rows = data && Array.isArray(data.ret_data) ? data.ret_data : [];
+        if (self.peerId === null && !self.running) {
+          self.lastId = maxId(rows.map(function (r) { return r && r.last_msg; }), self.lastId);
+        }
+        return data;
+      });
+    };
+
+    return LeidaChat;
+  }
+);
