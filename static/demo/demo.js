@@ -1,0 +1,200 @@
+/*
+ * demo.js: what both demo pages share: safe DOM building (text only, never
+ * innerHTML), link filtering, avatars, times, and one bubble per info_type.
+ * Loaded after leida-chat.js; defines the global LeidaDemo.
+ */
+(function (root) {
+  "use strict";
+
+  var PAGE = 20;
+
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text); // never innerHTML
+    return node;
+  }
+
+  /** http(s), protocol-relative or relative links only: no javascript:, data: … */
+  function safeUrl(url) {
+    if (typeof url !== "string") return "";
+    var u = url.trim();
+    if (!u) return "";
+    if (/^[a-z][a-z0-9+.\-]*:/i.test(u) && !/^https?:/i.test(u)) return "";
+    return u;
+  }
+
+  function firstChar(name) {
+    var chars = Array.from(String(name || "").trim());
+    return chars.length ? chars[0].toUpperCase() : "?";
+  }
+
+  function colorFor(name) {
+    var h = 2166136261, s = String(name || ""); // FNV-1a: close names get distinct colours
+    for (var i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619) >>> 0;
+    return "hsl(" + (h % 360) + ", 45%, 60%)";
+  }
+
+  /** An avatar: the picture when it loads, else the name's first character (drawn by CSS). */
+  function avatar(url, name, extraClass) {
+    var node = el("span", "avatar" + (extraClass ? " " + extraClass : ""));
+    setAvatar(node, url, name);
+    return node;
+  }
+
+  function setAvatar(node, url, name) {
+    node.setAttribute("data-initial", firstChar(name));
+    node.style.background = colorFor(name);
+    var old = node.querySelector("img");
+    if (old) node.removeChild(old);
+    var src = safeUrl(url);
+    if (src) {
+      var img = el("img");
+      img.alt = "";
+      img.referrerPolicy = "no-referrer";
+      img.onerror = function () { if (img.parentNode) img.parentNode.removeChild(img); };
+      img.src = src;
+      node.appendChild(img);
+    }
+  }
+
+  /** "2018-09-21T15:18:01.548" (server local time, no zone) -> Date */
+  function parseTime(s) {
+    var m = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?/.exec(String(s || ""));
+    if (!m) return null;
+    return new Date(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] || 0), +String(m[7] || "0").slice(0, 3));
+  }
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  /** WeChat-style: 15:18 · 昨天 15:18 · 星期三 15:18 · 9月21日 15:18 · 2018年9月21日 15:18 */
+  function formatTime(d, short) {
+    if (!d) return "";
+    var now = new Date();
+    var hm = pad(d.getHours()) + ":" + pad(d.getMinutes());
+    var day = new Date(d.getFullYear(), d.getMonth(), d.getDate());
+    var today = new Date(now.getFullYear(), now.getMonth(), now.getDate());
+    var days = Math.round((today - day) / 86400000);
+    if (days <= 0) return hm;
+    if (days === 1) return short ? "昨天" : "昨天 " + hm;
+    if (days < 7) return "星期" + "日一二三四五六".charAt(d.getDay()) + (short ? "" : " " + hm);
+    if (d.getFullYear() === now.getFullYear()) return (d.getMonth() + 1) + "月" + d.getDate() + "日" + (short ? "" : " " + hm);
+    return d.getFullYear() + "年" + (d.getMonth() + 1) + "月" + d.getDate() + "日" + (short ? "" : " " + hm);
+  }
+
+  function formatPrice(p) {
+    if (p === undefined || p === null || p === "") return "";
+    var s = String(p).trim();
+    return /^[¥￥$]/.test(s) ? s : "¥" + s;
+  }
+
+  function openViewer(src) {
+    var v = el("div", "viewer");
+    var img = el("img");
+    img.src = src;
+    v.appendChild(img);
+    v.onclick = function () { document.body.removeChild(v); };
+    document.body.appendChild(v);
+  }
+
+  function cardShell(kind, iconText, title, sub, foot, href) {
+    var bubble = el("div", "bubble card " + kind);
+    var main = el("div", "card-main");
+    main.appendChild(iconText);
+    var text = el("div", "card-text");
+    text.appendChild(el("div", "card-title", title));
+    if (sub) text.appendChild(sub);
+    main.appendChild(text);
+    var link = safeUrl(href);
+    var holder = bubble;
+    if (link) {
+      holder = el("a");
+      holder.href = link;
+      holder.target = "_blank";
+      holder.rel = "noopener noreferrer";
+      bubble.appendChild(holder);
+    }
+    holder.appendChild(main);
+    if (foot) holder.appendChild(el("div", "card-foot", foot));
+    return bubble;
+  }
+
+  /** The bubble of one message, by info_type (1 text, 2 product, 3 contact request, 4 image, 5 video, 6 shop). */
+  function renderBubble(item, onMediaLoad, mine) {
+    var type = Number(item.info_type);
+    var bubble, src;
+    if (type === 2) {
+      var cover = safeUrl(item.product_cover_url);
+      var icon;
+      if (cover) {
+        icon = el("img", "cover");
+        icon.alt = "";
+        icon.src = cover;
+        icon.onerror = function () {
+          if (icon.parentNode) icon.parentNode.replaceChild(el("div", "cover placeholder", "🛍"), icon);
+        };
+        icon.onload = onMediaLoad;
+      } else {
+        icon = el("div", "cover placeholder", "🛍");
+      }
+      var price = formatPrice(item.product_price);
+      bubble = cardShell("product", icon, item.product_name || "商品", price ? el("div", "price", price) : null, "商品咨询", item.url);
+    } else if (type === 3) {
+      bubble = cardShell("contact-req", el("div", "icon", "📱"),
+        (typeof item.msg === "string" && item.msg.trim()) ? item.msg : (mine ? "我想获取您的联系方式" : "对方想获取您的联系方式"),
+        el("div", "card-sub", "电话 / 微信"), null, null);
+    } else if (type === 4 && (src = safeUrl(item.url))) {
+      bubble = el("div", "bubble media");
+      var img = el("img");
+      img.alt = "图片";
+      img.src = src;
+      img.onload = onMediaLoad;
+      img.onerror = function () { bubble.replaceChild(el("div", "broken", "图片加载失败"), img); };
+      img.onclick = function () { openViewer(src); };
+      bubble.appendChild(img);
+    } else if (type === 5 && (src = safeUrl(item.url))) {
+      bubble = el("div", "bubble media");
+      var video = el("video");
+      video.controls = true;
+      video.preload = "metadata";
+      video.setAttribute("playsinline", "");
+      video.setAttribute("webkit-playsinline", "");
+      video.src = src;
+      video.onloadedmetadata = onMediaLoad;
+      bubble.appendChild(video);
+    } else if (type === 6) {
+      bubble = cardShell("shop", el("div", "icon", "🏪"), "店铺链接",
+        el("div", "card-sub", (typeof item.msg === "string" && item.msg.trim()) ? item.msg : "点击进入店铺"),
+        "进入店铺 ›", item.url);
+    } else {
+      var text = typeof item.msg === "string" ? item.msg : (type === 4 ? "[图片]" : type === 5 ? "[视频]" : "[暂不支持的消息类型]");
+      bubble = el("div", "bubble text", text); // textContent: HTML in messages is shown, never run
+    }
+    var when = parseTime(item.dateTime);
+    if (when) bubble.title = formatTime(when);
+    return bubble;
+  }
+
+  function contentKey(c) {
+    return JSON.stringify([Number(c.info_type), c.msg || "", c.url || "", c.product_name || ""]);
+  }
+
+
+  root.LeidaDemo = {
+    PAGE: PAGE,
+    el: el,
+    safeUrl: safeUrl,
+    firstChar: firstChar,
+    colorFor: colorFor,
+    avatar: avatar,
+    setAvatar: setAvatar,
+    parseTime: parseTime,
+    pad: pad,
+    formatTime: formatTime,
+    formatPrice: formatPrice,
+    openViewer: openViewer,
+    cardShell: cardShell,
+    renderBubble: renderBubble,
+    contentKey: contentKey,
+  };
+})(window);
