@@ -233,7 +233,7 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
     if demo:
         customer_page, radar_page = demo_urls(server_config["host"], port)
         log.warning("demo mode: /demo/accounts.json hands out tokens to this machine; never in production")
-        print(f"\nleida-chat demo is running. Open these two pages side by side:\n"
+        print(f"\nDemo mode is on (demo = true). Open these two pages side by side:\n"
               f"  customer (H5 chat):   {customer_page}\n"
               f"  radar user (console): {radar_page}\n", flush=True)
 
