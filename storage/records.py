@@ -21,11 +21,6 @@ class Side(Enum):
         """The send_type of the messages this side sends."""
         return FROM_CUSTOMER if self is Side.CUSTOMER else FROM_RADAR_USER
 
-    @property
-    def unread_send_type(self) -> int:
-        """The messages a side counts as unread are the other side's."""
-        return FROM_RADAR_USER if self is Side.CUSTOMER else FROM_CUSTOMER
-
 
 @dataclass(frozen=True, slots=True)
 class Customer:
@@ -109,4 +104,3 @@ class Contact:
 class HistoryPage:
     messages: list[Message]
     total: int
-    newest_id: int

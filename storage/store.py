@@ -420,7 +420,7 @@ class ChatStore:
             messages.reverse()
         if total and read_position < newest_id:
             self._queue_read_positions(side, {(customer_id, user_id): newest_id})
-        return HistoryPage(messages=messages, total=total, newest_id=newest_id)
+        return HistoryPage(messages=messages, total=total)
 
     async def contacts(self, user_id: int, offset: int, limit: int) -> tuple[list[Contact], int]:
         """The radar user's conversations, most recent activity first."""
