@@ -490,3 +490,11 @@ def test_both_event_loops_serve_and_deliver(tmp_path, start_server, event_loop):
     item = server.radar_getmsg(user)["data"]["ret_data"][0]
     assert item["msg"] == "loop test"
     assert server.stop() == 0
+
+
+@pytest.mark.parametrize("name,value", [("LEIDA_DEMO", "maybe"), ("LEIDA_LOG_ACCESS", "2"),
+                                        ("LEIDA_SERVER_EVENT_LOOP", "bogus")])
+def test_a_bad_environment_value_stops_the_server_naming_it(tmp_path, name, value):
+    result = run_cli(tmp_path, *serve_args(tmp_path), env=clean_env(**{name: value}))
+    assert result.returncode == 2 and "configuration error" in result.stderr
+    assert name in result.stderr or name.lower().split("_", 1)[1].replace("_", ".", 1) in result.stderr
