@@ -132,6 +132,7 @@ def test_a_killed_and_restarted_server_loses_nothing_and_pages_reconnect(browser
     for page in (customer, radar):
         sync_api.expect(page.locator("[data-testid=state]")).to_have_attribute("data-state", "retrying",
                                                                                timeout=15_000)
+    customer.wait_for_timeout(500)  # the bar slides in
     screenshot(customer, "customer-reconnecting")
     demo_server.restart()
     for page in (customer, radar):  # the client's backoff tops out at 30 s; here it is still short
