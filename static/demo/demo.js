@@ -180,6 +180,128 @@
   }
 
 
+  /* ---- the state bar, a toast, and a message list kept in id order ---- */
+
+  function showState(stateEl, state, delayMs) {
+    stateEl.setAttribute("data-state", state);
+    stateEl.textContent = "";
+    if (state === "connecting" || state === "retrying") stateEl.appendChild(el("span", "spin"));
+    var text = {
+      connecting: "连接中…",
+      live: "已连接",
+      retrying: "网络不给力，重新连接中…" + (delayMs ? "（" + Math.max(1, Math.round(delayMs / 1000)) + " 秒后）" : ""),
+      stopped: "已断开连接",
+      error: "加载失败，请刷新页面重试"
+    }[state] || state;
+    stateEl.appendChild(document.createTextNode(text));
+  }
+
+  var toastTimer = null;
+  function toast(text) {
+    var t = document.getElementById("toast");
+    if (!t) {
+      t = el("div");
+      t.id = "toast";
+      t.style.cssText = "position:fixed;left:50%;top:40%;transform:translateX(-50%);background:rgba(0,0,0,.75);color:#fff;" +
+        "padding:10px 16px;border-radius:8px;font-size:14px;z-index:60;max-width:80%;text-align:center";
+      document.body.appendChild(t);
+    }
+    t.textContent = text;
+    t.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(function () { t.hidden = true; }, 2200);
+  }
+
+  /** One message as a list block: a time divider (shown by the list) and the row. */
+  function messageBlock(item, mine, avatarNode, onMediaLoad) {
+    var block = el("div", "msg-block");
+    var divider = el("div", "time-divider");
+    divider.appendChild(el("span"));
+    divider.hidden = true;
+    block.appendChild(divider);
+    var when = parseTime(item.dateTime);
+    block.setAttribute("data-time", String(when ? when.getTime() : Date.now()));
+    if (item.id !== undefined && item.id !== null) block.setAttribute("data-block-id", String(item.id));
+
+    var row = el("div", "msg-row" + (mine ? " mine" : ""));
+    row.setAttribute("data-testid", "message");
+    row.setAttribute("data-id", item.id !== undefined && item.id !== null ? String(item.id) : "");
+    row.setAttribute("data-send-type", String(item.send_type));
+    row.appendChild(avatarNode);
+    var body = el("div", "msg-body");
+    body.appendChild(renderBubble(item, onMediaLoad, mine));
+    body.appendChild(el("div", "msg-status"));
+    row.appendChild(body);
+    block.appendChild(row);
+    return block;
+  }
+
+  function setBlockId(block, id, dateTime) {
+    block.setAttribute("data-block-id", String(id));
+    block.querySelector("[data-testid=message]").setAttribute("data-id", String(id));
+    var when = parseTime(dateTime);
+    if (when) block.setAttribute("data-time", String(when.getTime()));
+  }
+
+  /** The message list of a page: blocks placed by id, time dividers, sticking to the bottom. */
+  function messageList(listEl, emptyEl) {
+    var list = { stick: true };
+
+    function nearBottom() {
+      return listEl.scrollHeight - listEl.scrollTop - listEl.clientHeight < 80;
+    }
+    function scrollToBottom() { listEl.scrollTop = listEl.scrollHeight; }
+    function onMediaLoad() { if (list.stick) scrollToBottom(); }
+
+    function blockId(block) {
+      var v = block.getAttribute("data-block-id");
+      return v ? Number(v) : Infinity; // pending blocks sort last
+    }
+
+    /** Show a time divider above a block when it starts a new 5-minute stretch. */
+    function refreshDivider(block) {
+      if (!block) return;
+      var divider = block.querySelector(".time-divider");
+      var prev = block.previousElementSibling;
+      while (prev && !prev.classList.contains("msg-block")) prev = prev.previousElementSibling;
+      var t = Number(block.getAttribute("data-time")) || 0;
+      var pt = prev ? Number(prev.getAttribute("data-time")) || 0 : 0;
+      var show = !prev || (t && pt && t - pt > 5 * 60 * 1000);
+      if (show && t) {
+        divider.firstChild.textContent = formatTime(new Date(t));
+        divider.hidden = false;
+      } else {
+        divider.hidden = true;
+      }
+    }
+
+    function nextBlock(block) {
+      var n = block.nextElementSibling;
+      while (n && !n.classList.contains("msg-block")) n = n.nextElementSibling;
+      return n;
+    }
+
+    /** Put a block where its id belongs (oldest first, pending ones at the end). */
+    function place(block) {
+      var id = blockId(block);
+      var before = null;
+      var all = listEl.querySelectorAll(".msg-block");
+      for (var i = 0; i < all.length; i++) {
+        if (all[i] !== block && blockId(all[i]) > id) { before = all[i]; break; }
+      }
+      listEl.insertBefore(block, before);
+      refreshDivider(block);
+      refreshDivider(nextBlock(block));
+      emptyEl.hidden = true;
+    }
+    listEl.addEventListener("scroll", function () { list.stick = nearBottom(); });
+    list.nearBottom = nearBottom;
+    list.scrollToBottom = scrollToBottom;
+    list.onMediaLoad = onMediaLoad;
+    list.place = place;
+    return list;
+  }
+
   root.LeidaDemo = {
     PAGE: PAGE,
     el: el,
@@ -196,5 +318,10 @@
     cardShell: cardShell,
     renderBubble: renderBubble,
     contentKey: contentKey,
+    showState: showState,
+    toast: toast,
+    setBlockId: setBlockId,
+    messageBlock: messageBlock,
+    messageList: messageList,
   };
 })(window);
