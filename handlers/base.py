@@ -96,8 +96,14 @@ class InFlight:
         return True
 
 
+@stream_request_body
 class ApiHandler(RequestHandler):
-    """Renders the envelope for success and for every failure."""
+    """Renders the envelope for success and for every failure.
+
+    Bodies are streamed, and dropped unless a subclass keeps them: tornado
+    would otherwise buffer and parse every body before the handler runs (and
+    answer a malformed one with a bare 400 of its own).
+    """
 
     def initialize(self, store: ChatStore, settings: ApiSettings, inflight: InFlight) -> None:
         self.store = store
@@ -121,6 +127,9 @@ class ApiHandler(RequestHandler):
 
     def on_connection_close(self) -> None:
         self._end_inflight()
+
+    def data_received(self, chunk: bytes) -> None:
+        """Bodies are not read unless a subclass says so (SignedHandler does)."""
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -160,23 +169,14 @@ class ApiHandler(RequestHandler):
         app_log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 
 
-@stream_request_body
 class NotFoundHandler(ApiHandler):
-    """Unknown routes get the envelope too, with a real 404.
-
-    Streamed so that tornado neither buffers nor parses a body sent to a route
-    that does not exist (a malformed one would otherwise be a bare 400 first).
-    """
+    """Unknown routes get the envelope too, with a real 404."""
 
     def prepare(self) -> None:
         super().prepare()
         raise HTTPError(404)
 
-    def data_received(self, chunk: bytes) -> None:
-        pass
 
-
-@stream_request_body
 class SignedHandler(ApiHandler):
     """A handler whose caller is proven by the request signature.
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from tornado.web import stream_request_body
-
 from .base import ApiHandler
 
 DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
@@ -22,16 +20,8 @@ def document() -> bytes:
     return DOCUMENT_PATH.read_bytes()
 
 
-@stream_request_body
 class OpenApiHandler(ApiHandler):
-    """GET /openapi.json
-
-    A body sent along is dropped as it streams in: never buffered, and never
-    parsed (tornado would answer a malformed form body with a bare 400).
-    """
-
-    def data_received(self, chunk: bytes) -> None:
-        pass
+    """GET /openapi.json"""
 
     def get(self) -> None:
         self.finish(document())
