@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage import Side
+from tornado.web import HTTPError
+
+from storage import DatabaseLocked, Side
 
 from .base import SignedHandler
 from .content import parse_content
@@ -37,6 +39,13 @@ class SendMessageHandler(SignedHandler):
     async def store_and_reply(
         self, customer_id: int, user_id: int, content: dict[str, Any], client_msg_id: str | None
     ) -> None:
-        """Answer only once the message is durable: a 200 is a promise it will not be lost."""
-        receipt = await self.store.send(customer_id, user_id, self.side.send_type, content, client_msg_id)
+        """Answer only once the message is durable: a 200 is a promise it will not be lost.
+
+        A database locked by another process for too long is a 503 with
+        Retry-After: nothing was stored, and the client may simply send again.
+        """
+        try:
+            receipt = await self.store.send(customer_id, user_id, self.side.send_type, content, client_msg_id)
+        except DatabaseLocked as error:
+            raise HTTPError(503, str(error)) from None
         self.reply(self.success_msg, {"id": receipt.id, "dateTime": receipt.created_at})

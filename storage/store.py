@@ -1,7 +1,7 @@
 """ChatStore: accounts, conversations, messages and read positions in SQLite.
 
-Every change goes through the single ``Writer`` (aiosqlite, off the event
-loop: a commit waits for fsync); a committed message then wakes the waiters of
+Every change goes through the single ``Writer`` (its COMMIT runs on
+aiosqlite's thread, off the event loop: a commit waits for fsync); a committed message then wakes the waiters of
 its conversation. Reads run on the event loop itself, on their own connection:
 they are short indexed queries that WAL lets see every committed change without
 ever waiting for the writer, and one costs about 4 µs here where handing it to
@@ -122,13 +122,16 @@ class ChatStore:
             raise ValueError(f"database.synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_conn = await aiosqlite.connect(path, isolation_level=None)
+        # The writer uses this connection from the loop and from aiosqlite's thread, one at a time.
+        write_conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
             await write_conn.execute("PRAGMA busy_timeout = 5000")
             await write_conn.execute("PRAGMA journal_mode = WAL")
             await write_conn.execute(f"PRAGMA synchronous = {synchronous}")
             await write_conn.execute("PRAGMA foreign_keys = ON")
             await migrate(write_conn)
+            # From here the writer waits for a lock only on its thread, never on the loop.
+            await write_conn.execute("PRAGMA busy_timeout = 0")
             read_conn = sqlite3.connect(path, isolation_level=None)
         except BaseException:
             await write_conn.close()

@@ -5,14 +5,18 @@ for the write lock, every change is queued here and applied by a single task.
 The task takes whatever has queued up while the previous commit ran and
 applies it in one transaction: under load many sends share one commit, and a
 lone send still commits at once because nothing waits for a batch to fill.
+Changes of one kind queued together reach their ``apply`` function as one
+list, so it can write them with one ``executemany``.
 
-A whole transaction (BEGIN, every change, COMMIT) runs as one call on the
-aiosqlite connection's thread: handing each statement to the thread and back
-costs more than the statements themselves (bench/README.md). Changes of one
-kind queued together reach their ``apply`` function as one list, so it can
-write them with one ``executemany``. Each caller's future resolves only after
-COMMIT returns, which is what lets a handler answer 200 only once its message
-is durable.
+Where each part runs is chosen by measurement (bench/README.md). BEGIN and the
+statements run on the event loop: they take tens of microseconds of CPU, and
+every SQLite call made from another thread gives up the GIL and must win it
+back from the busy loop, which under load cost more than the SQL itself. COMMIT
+(the write-out and fsync) runs on the aiosqlite connection's thread, so the
+loop never waits for the disk. Each caller's future resolves only after COMMIT
+returns, which is what lets a handler answer 200 only once its message is
+durable. When another process holds the write lock (a CLI command), the whole
+transaction waits for it on the thread instead of on the loop.
 """
 from __future__ import annotations
 
@@ -34,12 +38,18 @@ WriteOp = Callable[[sqlite3.Connection], Any]
 LAZY_SECONDS = 0.05
 #: most changes in one transaction (SQLite caps a statement's parameters at 32766)
 MAX_BATCH = 500
+#: how long a transaction waits on the thread for another process's write lock
+LOCK_WAIT_MS = 5000
 
 Batch = list[tuple[ApplyMany, Any, asyncio.Future]]
 
 
 class WriterClosed(RuntimeError):
     """A write was submitted after the writer stopped."""
+
+
+class DatabaseLocked(RuntimeError):
+    """Another process held the write lock for longer than ``LOCK_WAIT_MS``; nothing was written."""
 
 
 def _each(conn: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
@@ -107,7 +117,7 @@ class Writer:
 
     async def _apply(self, batch: Batch) -> None:
         try:
-            results = await self._in_thread(batch)
+            results = await self._transaction(batch)
         except Exception as error:
             # Errors go to the callers, who decide whether they are worth a log line.
             if len(batch) == 1:
@@ -116,7 +126,7 @@ class Writer:
             log.info("a batch of %d writes failed; retrying each on its own", len(batch))
             for entry in batch:
                 try:
-                    (result,) = await self._in_thread([entry])
+                    (result,) = await self._transaction([entry])
                 except Exception as op_error:  # reported to that caller only
                     _settle(entry[2], error=op_error)
                 else:
@@ -127,30 +137,85 @@ class Writer:
         for (_, _, future), result in zip(batch, results):
             _settle(future, result=result)
 
-    async def _in_thread(self, batch: Batch) -> list[Any]:
+    async def _transaction(self, batch: Batch) -> list[Any]:
+        """Every change of ``batch``, then COMMIT, or nothing."""
+        conn = self._conn._conn
+        changes = [(apply, item) for apply, item, _ in batch]
+        if not _begin_without_waiting(conn):
+            return await self._in_thread(_locked_transaction, conn, changes)
+        try:
+            results = _apply_changes(conn, changes)
+        except BaseException:
+            _roll_back(conn)
+            raise
+        await self._in_thread(_commit, conn)
+        return results
+
+    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         # aiosqlite runs every call on its connection's own thread; _execute is the
-        # entry point its public methods use, taken here to run a whole transaction
-        # in one round trip instead of one per statement.
-        return await self._conn._execute(_transaction, self._conn._conn, [(apply, item) for apply, item, _ in batch])
+        # entry point its public methods use, taken here to run our own functions
+        # (COMMIT, or a whole transaction) there in one round trip.
+        return await self._conn._execute(function, *args)
 
 
-def _transaction(conn: sqlite3.Connection, batch: list[tuple[ApplyMany, Any]]) -> list[Any]:
-    """Runs on the writer thread: every change of the batch, then COMMIT, or nothing."""
-    groups: dict[ApplyMany, list[int]] = {}
-    for index, (apply, _) in enumerate(batch):
-        groups.setdefault(apply, []).append(index)
-    results: list[Any] = [None] * len(batch)
-    conn.execute("BEGIN IMMEDIATE")
+def _begin_without_waiting(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE on the loop, or False at once if another process holds the lock.
+
+    The connection's busy timeout is 0, so this never blocks the loop.
+    """
     try:
-        for apply, indexes in groups.items():
-            for index, outcome in zip(indexes, apply(conn, [batch[i][1] for i in indexes])):
-                results[index] = outcome
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            return False
+        raise
+    return True
+
+
+def _apply_changes(conn: sqlite3.Connection, changes: list[tuple[ApplyMany, Any]]) -> list[Any]:
+    """Each kind of change applied as one list; the results in the order queued."""
+    groups: dict[ApplyMany, list[int]] = {}
+    for index, (apply, _) in enumerate(changes):
+        groups.setdefault(apply, []).append(index)
+    results: list[Any] = [None] * len(changes)
+    for apply, indexes in groups.items():
+        for index, outcome in zip(indexes, apply(conn, [changes[i][1] for i in indexes])):
+            results[index] = outcome
+    return results
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    """Runs on the writer thread: the write-out and fsync happen here."""
+    try:
         conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        _roll_back(conn)
         raise
+
+
+def _locked_transaction(conn: sqlite3.Connection, changes: list[tuple[ApplyMany, Any]]) -> list[Any]:
+    """Runs on the writer thread: wait for another process's write lock, then the whole transaction."""
+    conn.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            raise DatabaseLocked(f"another process held the write lock for {LOCK_WAIT_MS} ms") from None
+        raise
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        results = _apply_changes(conn, changes)
+    except BaseException:
+        _roll_back(conn)
+        raise
+    _commit(conn)
     return results
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:  # some errors (a full disk) end the transaction themselves
+        conn.execute("ROLLBACK")
 
 
 def _settle(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:

@@ -1,11 +1,15 @@
-"""The schema is versioned: an old database is brought forward, a newer one refused."""
+"""The schema is versioned: an old database is brought forward, a newer one refused.
+Another process holding the write lock delays sends without freezing the server."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 
 import pytest
 
-from storage import ChatStore
+from conftest import text
+from storage import ChatStore, writer
 from storage.schema import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew
 
 
@@ -40,3 +44,49 @@ def test_a_database_from_a_newer_release_is_refused(io_loop, tmp_path):
     conn.close()
     with pytest.raises(SchemaTooNew):
         io_loop.run_sync(lambda: ChatStore.open(path))
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_send_waits_for_another_process_holding_the_write_lock_and_the_server_keeps_answering(
+    api, db_path, radar_user, customer
+):
+    other = sqlite3.connect(db_path, isolation_level=None)  # e.g. `leida_chat.py add-user` mid-write
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        send = asyncio.ensure_future(api.customer_send(customer, radar_user.id, text("after the lock")))
+        await asyncio.sleep(0.5)
+        assert not send.done()
+        started = time.monotonic()
+        body = await api.radar_getmsg(radar_user, wait=0)  # reads go on meanwhile
+        assert body["code"] == 200 and body["data"]["ret_data"] == []
+        assert time.monotonic() - started < 0.5
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    body = await send
+    assert body["code"] == 200, body
+    items = (await api.radar_getmsg(radar_user, wait=0))["data"]["ret_data"]
+    assert [item["id"] for item in items] == [body["data"]["id"]]
+    assert items[0]["msg"] == "after the lock"
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_write_lock_held_too_long_is_a_503_that_stores_nothing(
+    api, db_path, radar_user, customer, monkeypatch
+):
+    monkeypatch.setattr(writer, "LOCK_WAIT_MS", 200)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        response = await api.raw(
+            "POST", api.url(f"{api.CUSTOMER}/chat/send_msg/0", customer),
+            f"u_id={radar_user.id}&content=%7B%22info_type%22%3A1%2C%22msg%22%3A%22x%22%7D",
+        )
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert response.code == 503
+    assert response.headers["Retry-After"] == "2"
+    assert (await api.radar_getmsg(radar_user, wait=0))["data"]["ret_data"] == []
+    body = await api.customer_send(customer, radar_user.id, text("later"))  # and the writer goes on
+    assert body["code"] == 200, body
