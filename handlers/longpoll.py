@@ -94,10 +94,15 @@ class LongPollHandler(SignedHandler):
                 if len(waiters) > self.api.max_waiters:
                     raise HTTPError(503, "longpoll.max_waiters reached")
                 waiters.hold(self.account_key, future, self.api.max_waiters_per_account)
-                await asyncio.wait((future,), timeout=remaining)
-                if future.cancelled():
+                # Awaited directly (not through asyncio.wait): one loop iteration
+                # fewer between the commit and the answer.
+                timer = loop.call_later(remaining, _look_again, future)
+                try:
+                    handed = await future
+                finally:
+                    timer.cancel()
+                if handed is CLIENT_GONE:
                     return None
-                handed = future.result() if future.done() else None
                 if handed is SUPERSEDED:
                     messages = []
                     break
@@ -117,6 +122,16 @@ class LongPollHandler(SignedHandler):
         return stream is None or stream.closed()
 
     def on_connection_close(self) -> None:
-        if self._waiting is not None:
-            self._waiting.cancel()
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(CLIENT_GONE)
         super().on_connection_close()
+
+
+#: what a held wait is handed when its client disconnects
+CLIENT_GONE = "client gone"
+
+
+def _look_again(future: asyncio.Future) -> None:
+    """The wait is over: the request reads once more, then answers with whatever it finds."""
+    if not future.done():
+        future.set_result(None)

@@ -106,7 +106,7 @@ class ChatStore:
     ) -> None:
         self._write_conn = write_conn
         self._read_conn = read_conn
-        self._writer = Writer(write_conn)
+        self._writer = Writer(write_conn, after_commit=self._wake_waiters)
         self._customers: AccountCache[Customer] = AccountCache(account_cache_seconds)
         self._radar_users: AccountCache[RadarUser] = AccountCache(account_cache_seconds)
         self._unsettled_marks: dict[int, set[asyncio.Future]] = {}
@@ -174,19 +174,27 @@ class ChatStore:
     # -- accounts ------------------------------------------------------------
 
     async def customer(self, customer_id: int) -> Customer | None:
-        return await self._account(self._customers, "customer", _CUSTOMER_FIELDS, Customer, customer_id)
+        return self._customer_now(customer_id)
 
     async def radar_user(self, user_id: int) -> RadarUser | None:
-        return await self._account(self._radar_users, "radar_user", _RADAR_USER_FIELDS, RadarUser, user_id)
+        return self._radar_user_now(user_id)
 
-    async def _account(
+    def _customer_now(self, customer_id: int) -> Customer | None:
+        return self._account(self._customers, "customer", _CUSTOMER_FIELDS, Customer, customer_id)
+
+    def _radar_user_now(self, user_id: int) -> RadarUser | None:
+        return self._account(self._radar_users, "radar_user", _RADAR_USER_FIELDS, RadarUser, user_id)
+
+    def _account(
         self, cache: AccountCache, table: str, fields: tuple[str, ...], record: type, account_id: int
     ) -> Any:
         account = cache.get(account_id)
         if account is None:
-            row = await self._one(f"SELECT id, {', '.join(fields)} FROM {table} WHERE id = ?", (account_id,))
-            if row is not None:
-                account = record(*row)
+            rows = self._read_conn.execute(
+                f"SELECT id, {', '.join(fields)} FROM {table} WHERE id = ?", (account_id,)
+            ).fetchall()
+            if rows:
+                account = record(*rows[0])
                 cache.put(account_id, account)
         return account
 
@@ -265,33 +273,36 @@ class ChatStore:
         content: dict[str, Any],
         client_msg_id: str | None = None,
     ) -> SendReceipt:
-        """Store a message durably, then wake whoever waits on its conversation.
+        """Store a message durably; its conversation's waiters are woken once it is.
 
         A repeated ``client_msg_id`` from the same sender stores nothing and
         returns the receipt of the first send, so a client can retry blindly.
-        The woken waiters are handed the message itself, so that they need not
-        read it back.
         """
         outgoing = _Outgoing(
             customer_id, user_id, send_type, ujson.dumps(content, ensure_ascii=False), local_timestamp(),
-            client_msg_id,
+            client_msg_id, content,
         )
-        receipt, is_first_info = await self._writer.submit(_insert_messages, outgoing)
-        if not receipt.duplicate:
-            self.waiters.notify(customer_id, user_id, await self._as_message(outgoing, receipt, is_first_info, content))
+        receipt, _ = await self._writer.submit(_insert_messages, outgoing)
         return receipt
 
-    async def _as_message(
-        self, sent: "_Outgoing", receipt: SendReceipt, is_first_info: bool, content: dict[str, Any]
-    ) -> Message | None:
+    def _wake_waiters(self, committed: list[tuple[Any, Any, Any]]) -> None:
+        """Right after COMMIT: hand the new messages to whoever waits for them,
+        so that a woken request need not read them back."""
+        self.waiters.notify(
+            (sent.customer_id, sent.user_id, self._as_message(sent, *result))
+            for apply, sent, result in committed
+            if apply is _insert_messages and not result[0].duplicate
+        )
+
+    def _as_message(self, sent: "_Outgoing", receipt: SendReceipt, is_first_info: bool) -> Message | None:
         """The just-committed message as a read would return it (None if its accounts vanished)."""
-        customer = await self.customer(sent.customer_id)
-        user = await self.radar_user(sent.user_id)
+        customer = self._customer_now(sent.customer_id)
+        user = self._radar_user_now(sent.user_id)
         if customer is None or user is None:
             return None
         return Message(
             id=receipt.id, customer_id=sent.customer_id, user_id=sent.user_id, send_type=sent.send_type,
-            content=content, created_at=receipt.created_at, is_first_info=is_first_info,
+            content=sent.content, created_at=receipt.created_at, is_first_info=is_first_info,
             read_by_customer=False, read_by_user=False, customer_name=customer.username,
             customer_headimgurl=customer.headimgurl, user_avatar=user.card_avatar,
         )
@@ -466,6 +477,7 @@ class _Outgoing:
     content_json: str
     created_at: str
     client_msg_id: str | None
+    content: dict[str, Any]  # what waiters are handed; only content_json is stored
 
     @property
     def sender_key(self) -> tuple[int, int, str] | None:

@@ -3,10 +3,11 @@
 A held getmsg registers a future under one key: its conversation, or a radar
 user's whole inbox. A committed message resolves only the futures under its own
 two keys, so a send costs the same whether ten or ten thousand other requests
-are held. The future's result is the list of messages committed for that key
-since it was registered (all sends resumed in one loop iteration are handed
-over together), so a woken request need not read them back; ``None`` means
-"look for yourself" (the server is stopping, or a message could not be built).
+are held. The future's result is the list of messages of that key committed in
+one transaction (the writer hands them over as soon as COMMIT returns, before
+it answers the senders), so a woken request need not read them back; ``None``
+means "look for yourself" (the server is stopping, a message could not be
+built, or the wait timed out).
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ def inbox_key(user_id: int) -> WaitKey:
 class Waiters:
     def __init__(self) -> None:
         self._by_key: dict[WaitKey, set[asyncio.Future]] = {}
-        self._news: dict[WaitKey, list["Message | None"]] = {}
         self._held_by: dict[object, dict[asyncio.Future, None]] = {}  # account -> its held waits, oldest first
         self._count = 0
         self.closed = False
@@ -85,16 +85,14 @@ class Waiters:
                 if not futures:
                     del self._by_key[key]
 
-    def notify(self, customer_id: int, user_id: int, message: "Message | None") -> None:
-        """A message of this conversation is committed: wake its waiters and its radar user's inbox."""
-        for key in (conversation_key(customer_id, user_id), inbox_key(user_id)):
-            if key in self._by_key:
-                if not self._news:
-                    asyncio.get_running_loop().call_soon(self._hand_over)
-                self._news.setdefault(key, []).append(message)
-
-    def _hand_over(self) -> None:
-        news, self._news = self._news, {}
+    def notify(self, committed: Iterable[tuple[int, int, "Message | None"]]) -> None:
+        """Messages (customer_id, user_id, message) were committed together: wake the
+        waiters of their conversations and of their radar users' inboxes."""
+        news: dict[WaitKey, list["Message | None"]] = {}
+        for customer_id, user_id, message in committed:
+            for key in (conversation_key(customer_id, user_id), inbox_key(user_id)):
+                if key in self._by_key:
+                    news.setdefault(key, []).append(message)
         for key, messages in news.items():
             payload = None if any(message is None for message in messages) else messages
             for future in self._by_key.pop(key, ()):

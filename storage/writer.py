@@ -30,9 +30,11 @@ import aiosqlite
 
 log = logging.getLogger("leida_chat.storage")
 
-#: apply(conn, items) -> one result per item, in order; runs on the writer thread
+#: apply(conn, items) -> one result per item, in order
 ApplyMany = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 WriteOp = Callable[[sqlite3.Connection], Any]
+#: after_commit([(apply, item, result), ...]) runs on the loop once a transaction is durable
+AfterCommit = Callable[[list[tuple[ApplyMany, Any, Any]]], None]
 
 #: longest a change that is not urgent waits for company before it is committed alone
 LAZY_SECONDS = 0.05
@@ -57,8 +59,12 @@ def _each(conn: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
 
 
 class Writer:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, after_commit: AfterCommit | None = None) -> None:
+        """``after_commit`` sees every committed change before any caller's future
+        resolves: it is where committed messages wake their waiters, without a
+        trip through each sender's task first."""
         self._conn = conn
+        self._after_commit = after_commit
         self._pending: Batch = []
         self._wakeup = asyncio.Event()
         self._lazy_timer: asyncio.TimerHandle | None = None
@@ -130,10 +136,18 @@ class Writer:
                 except Exception as op_error:  # reported to that caller only
                     _settle(entry[2], error=op_error)
                 else:
-                    _settle(entry[2], result=result)
+                    self._committed([entry], [result])
             return
+        self._committed(batch, results)
+
+    def _committed(self, batch: Batch, results: list[Any]) -> None:
         self.commits += 1
         self.changes += len(batch)
+        if self._after_commit is not None:
+            try:
+                self._after_commit([(apply, item, result) for (apply, item, _), result in zip(batch, results)])
+            except Exception:  # the changes are durable whatever a listener does
+                log.exception("after-commit handling failed")
         for (_, _, future), result in zip(batch, results):
             _settle(future, result=result)
 
