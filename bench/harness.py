@@ -139,32 +139,74 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20) -> 
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection; one request at a time."""
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; one request at a time.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
-        self.reader, self.writer, self.host = reader, writer, host
+    A bare asyncio Protocol rather than streams: each answer is parsed straight
+    from ``data_received`` and timestamped there (``answered_at``), so the load
+    generator spends little CPU per answer on a machine it shares with the
+    server, and its own scheduling adds nothing to the latency it measures.
+    """
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.answered_at = 0.0
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._answers: list[tuple[int, bytes, float]] = []
+        self._waiter: asyncio.Future | None = None
+        self._lost = False
 
     @classmethod
     async def open(cls, port: int, host: str = "127.0.0.1") -> "Connection":
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
-        return cls(reader, writer, f"{host}:{port}")
+        _, connection = await asyncio.get_running_loop().create_connection(lambda: cls(f"{host}:{port}"), host, port)
+        return connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            for line in bytes(self._buffer[:end]).split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            total = end + 4 + length
+            if len(self._buffer) < total:
+                return
+            answer = (int(self._buffer[9:12]), bytes(self._buffer[end + 4:total]), time.perf_counter())
+            del self._buffer[:total]
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(answer)
+            else:
+                self._answers.append(answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionError("connection closed"))
 
     def send(self, method: str, path: str, body: bytes = b"",
              content_type: str = "application/x-www-form-urlencoded") -> None:
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
         if method == "POST":
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-        self.writer.write(head.encode() + b"\r\n" + body)
+        assert self._transport is not None
+        self._transport.write(head.encode() + b"\r\n" + body)
 
     async def response(self) -> tuple[int, bytes]:
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        body = await self.reader.readexactly(length) if length else b""
+        """The next answer; ``answered_at`` is when its last byte arrived."""
+        if self._answers:
+            status, body, self.answered_at = self._answers.pop(0)
+            return status, body
+        if self._lost:
+            raise ConnectionError("connection closed")
+        self._waiter = asyncio.get_running_loop().create_future()
+        status, body, self.answered_at = await self._waiter
         return status, body
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -172,7 +214,8 @@ class Connection:
         return await self.response()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._transport is not None:
+            self._transport.close()
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:

@@ -14,9 +14,9 @@ import asyncio
 import logging
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,25 @@ _RADAR_USER_FIELDS = (
     "username", "avatar", "mingpian_avatar", "mingpian_phone", "wechat", "wechat_phone", "token",
 )
 
+_CUSTOMER_BY_ID = f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer WHERE id = ?"
+_RADAR_USER_BY_ID = f"SELECT id, {', '.join(_RADAR_USER_FIELDS)} FROM radar_user WHERE id = ?"
+
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
+_second_text: tuple[int, str] = (0, "")
+
+
 def local_timestamp() -> str:
-    """Local server time as the original API wrote it: 2018-09-21T15:18:01.548."""
-    return datetime.now().isoformat(timespec="milliseconds")
+    """Local server time as the original API wrote it: 2018-09-21T15:18:01.548.
+
+    The date and time of day are formatted once a second, not once a message."""
+    global _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second_text[0]:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second)))
+    return f"{_second_text[1]}.{int((now - second) * 1000):03d}"
 
 
 def new_token() -> str:
@@ -180,19 +193,15 @@ class ChatStore:
         return self._radar_user_now(user_id)
 
     def _customer_now(self, customer_id: int) -> Customer | None:
-        return self._account(self._customers, "customer", _CUSTOMER_FIELDS, Customer, customer_id)
+        return self._account(self._customers, _CUSTOMER_BY_ID, Customer, customer_id)
 
     def _radar_user_now(self, user_id: int) -> RadarUser | None:
-        return self._account(self._radar_users, "radar_user", _RADAR_USER_FIELDS, RadarUser, user_id)
+        return self._account(self._radar_users, _RADAR_USER_BY_ID, RadarUser, user_id)
 
-    def _account(
-        self, cache: AccountCache, table: str, fields: tuple[str, ...], record: type, account_id: int
-    ) -> Any:
+    def _account(self, cache: AccountCache, sql: str, record: type, account_id: int) -> Any:
         account = cache.get(account_id)
         if account is None:
-            rows = self._read_conn.execute(
-                f"SELECT id, {', '.join(fields)} FROM {table} WHERE id = ?", (account_id,)
-            ).fetchall()
+            rows = self._read_conn.execute(sql, (account_id,)).fetchall()
             if rows:
                 account = record(*rows[0])
                 cache.put(account_id, account)
@@ -292,6 +301,7 @@ class ChatStore:
             (sent.customer_id, sent.user_id, self._as_message(sent, *result))
             for apply, sent, result in committed
             if apply is _insert_messages and not result[0].duplicate
+            and self.waiters.awaited(sent.customer_id, sent.user_id)
         )
 
     def _as_message(self, sent: "_Outgoing", receipt: SendReceipt, is_first_info: bool) -> Message | None:

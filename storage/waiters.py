@@ -85,6 +85,10 @@ class Waiters:
                 if not futures:
                     del self._by_key[key]
 
+    def awaited(self, customer_id: int, user_id: int) -> bool:
+        """Whether anyone waits for this conversation (itself or its radar user's inbox)."""
+        return conversation_key(customer_id, user_id) in self._by_key or inbox_key(user_id) in self._by_key
+
     def notify(self, committed: Iterable[tuple[int, int, "Message | None"]]) -> None:
         """Messages (customer_id, user_id, message) were committed together: wake the
         waiters of their conversations and of their radar users' inboxes."""
