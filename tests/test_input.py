@@ -1,6 +1,9 @@
 """Bad input gets a clear answer naming the field; never a 500, and the server keeps serving."""
 from __future__ import annotations
 
+import time
+from email.utils import parsedate_to_datetime
+
 import pytest
 import ujson
 
@@ -200,3 +203,20 @@ async def test_an_unexpected_error_is_a_500_envelope_without_a_traceback(api, st
     body = ujson.loads(response.body)
     assert body == {"code": 500, "msg": "Internal Server Error", "data": {}}
     assert "Uncaught exception" in caplog.text and "rand_str=***" in caplog.text
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("signed", [True, False])
+async def test_every_answer_is_fresh_json_with_a_current_date(api, customer, radar_user, signed):
+    """Answers are JSON, never cached, dated now, and carry no ETag (an H5 page behind a
+    proxy must not be handed an old getmsg or query_num)."""
+    url = api.url(f"{api.CUSTOMER}/chat/query_num/0", customer if signed else None, {"u_id": radar_user.id})
+    before = time.time()
+    response = await api.raw("GET", url)
+    assert response.headers["Content-Type"] == "application/json; charset=UTF-8"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Etag" not in response.headers
+    dated = parsedate_to_datetime(response.headers["Date"]).timestamp()
+    assert before - 1 <= dated <= time.time() + 1
+    expected = 200 if signed else 400
+    assert ujson.loads(response.body)["code"] == expected
