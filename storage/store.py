@@ -1,8 +1,8 @@
 """ChatStore: accounts, conversations, messages and read positions in SQLite.
 
 Every change goes through the single ``Writer`` (its COMMIT runs on
-aiosqlite's thread, off the event loop: a commit waits for fsync); a committed message then wakes the waiters of
-its conversation. Reads run on the event loop itself, on their own connection:
+aiosqlite's thread, off the event loop: a commit waits for fsync); a committed
+message then wakes the waiters of its conversation. Reads run on the event loop itself, on their own connection:
 they are short indexed queries that WAL lets see every committed change without
 ever waiting for the writer, and one costs about 4 µs here where handing it to
 a thread and back costs 40-110 µs (bench/README.md). Nothing here knows about
@@ -14,9 +14,9 @@ import asyncio
 import logging
 import secrets
 import sqlite3
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +75,9 @@ _RADAR_USER_BY_ID = f"SELECT id, {', '.join(_RADAR_USER_FIELDS)} FROM radar_user
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-_second_text: tuple[int, str] = (0, "")
-
-
 def local_timestamp() -> str:
-    """Local server time as the original API wrote it: 2018-09-21T15:18:01.548.
-
-    The date and time of day are formatted once a second, not once a message."""
-    global _second_text
-    now = time.time()
-    second = int(now)
-    if second != _second_text[0]:
-        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second)))
-    return f"{_second_text[1]}.{int((now - second) * 1000):03d}"
+    """Local server time as the original API wrote it: 2018-09-21T15:18:01.548."""
+    return datetime.now().isoformat(timespec="milliseconds")
 
 
 def new_token() -> str:
