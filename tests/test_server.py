@@ -498,3 +498,24 @@ def test_a_bad_environment_value_stops_the_server_naming_it(tmp_path, name, valu
     result = run_cli(tmp_path, *serve_args(tmp_path), env=clean_env(**{name: value}))
     assert result.returncode == 2 and "configuration error" in result.stderr
     assert name in result.stderr or name.lower().split("_", 1)[1].replace("_", ".", 1) in result.stderr
+
+
+def test_full_garbage_collections_run_on_a_timer_not_on_allocation_counts(io_loop):
+    """At 10,000 held requests a full collection stops the server for most of a second;
+    CPython's own trigger would start one every few seconds (bench/README.md)."""
+    import gc
+
+    import leida_chat
+
+    thresholds = gc.get_threshold()
+    try:
+        full = leida_chat.collect_fully_on_a_timer()
+        try:
+            assert gc.get_threshold()[:2] == thresholds[:2]  # young generations as usual
+            assert gc.get_threshold()[2] >= 1_000_000_000  # never reached by counting
+            assert full.is_running() and full.callback_time == leida_chat.FULL_COLLECTION_SECONDS * 1000
+        finally:
+            full.stop()
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
