@@ -294,7 +294,73 @@
       refreshDivider(nextBlock(block));
       emptyEl.hidden = true;
     }
+    /** Blocks by message id, and the sends still waiting for theirs. */
+    list.blocks = new Map();
+    list.pendings = []; // {content, clientMsgId, block, id, failed}
+
+    function setBlockIdOf(block, id, dateTime) {
+      setBlockId(block, id, dateTime);
+      list.blocks.set(String(id), block);
+    }
+
+    /** Empty the list for another conversation. */
+    function clear() {
+      list.blocks = new Map();
+      list.pendings = [];
+      list.stick = true;
+      Array.prototype.slice.call(listEl.querySelectorAll(".msg-block")).forEach(function (b) { listEl.removeChild(b); });
+    }
+
+    /**
+     * Render messages (history or long-poll), each id once. One of our own sends
+     * coming back through the poll before send() resolved takes over its pending
+     * block. hooks: mine(item), build(item) -> block, and optionally seen(item)
+     * for each new item, known(block, item, mine) for an id already shown,
+     * ownMatched(pending, item) when a pending block gets its id.
+     */
+    function addItems(items, where, hooks) {
+      var wasNear = nearBottom();
+      var oldHeight = listEl.scrollHeight;
+      var ownArrived = false;
+      items.forEach(function (item) {
+        if (!item || item.id === undefined) return;
+        var key = String(item.id);
+        var mine = hooks.mine(item);
+        if (list.blocks.has(key)) {
+          if (hooks.known) hooks.known(list.blocks.get(key), item, mine);
+          return;
+        }
+        if (hooks.seen) hooks.seen(item);
+        if (mine) {
+          ownArrived = true;
+          for (var i = 0; i < list.pendings.length; i++) {
+            var p = list.pendings[i];
+            if (p.id === null && contentKey(p.content) === contentKey(item)) {
+              p.id = key;
+              setBlockIdOf(p.block, key, item.dateTime);
+              if (hooks.ownMatched) hooks.ownMatched(p, item);
+              place(p.block);
+              if (p.failed) list.pendings.splice(i, 1); // it was stored after all (the answer got lost)
+              return;
+            }
+          }
+        }
+        var block = hooks.build(item);
+        list.blocks.set(key, block);
+        place(block);
+      });
+      if (where === "older") {
+        listEl.scrollTop += listEl.scrollHeight - oldHeight; // keep what the reader was looking at
+      } else if (wasNear || list.stick || ownArrived) {
+        scrollToBottom();
+        list.stick = true;
+      }
+    }
+
     listEl.addEventListener("scroll", function () { list.stick = nearBottom(); });
+    list.setBlockId = setBlockIdOf;
+    list.clear = clear;
+    list.addItems = addItems;
     list.nearBottom = nearBottom;
     list.scrollToBottom = scrollToBottom;
     list.onMediaLoad = onMediaLoad;
