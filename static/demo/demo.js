@@ -357,7 +357,59 @@
       }
     }
 
+    /**
+     * Show a send at once as a pending block, then send it, with the same
+     * client_msg_id on every retry so that the server stores it once.
+     * hooks: mineType (its send_type), build(item) -> block, send(pending) ->
+     * promise of {id, dateTime}, and optionally stillShown() (false: another
+     * conversation is open, drop the answer) and stored(pending) once it has its id.
+     */
+    function sendPending(content, hooks) {
+      var p = { content: content, clientMsgId: LeidaChat.newClientMsgId(), id: null, failed: false, block: null };
+      var draft = { id: null, send_type: hooks.mineType, dateTime: null };
+      Object.keys(content).forEach(function (k) { draft[k] = content[k]; });
+      p.block = hooks.build(draft);
+      list.pendings.push(p);
+      place(p.block);
+      scrollToBottom();
+      list.stick = true;
+      attempt(p, hooks);
+    }
+
+    function attempt(p, hooks) {
+      var status = p.block.querySelector(".msg-status");
+      status.textContent = "";
+      var spin = el("span", "spin");
+      status.appendChild(spin);
+      p.failed = false;
+      hooks.send(p).then(function (res) {
+        if (spin.parentNode) status.removeChild(spin);
+        var i = list.pendings.indexOf(p);
+        if (i >= 0) list.pendings.splice(i, 1);
+        if (hooks.stillShown && !hooks.stillShown()) return;
+        var key = String(res.id);
+        if (p.id === key) return; // the poll brought it back first
+        if (list.blocks.has(key) && list.blocks.get(key) !== p.block) {
+          if (p.block.parentNode) p.block.parentNode.removeChild(p.block); // already shown (another tab)
+          return;
+        }
+        setBlockIdOf(p.block, key, res.dateTime);
+        if (hooks.stored) hooks.stored(p);
+        place(p.block);
+      }, function (err) {
+        p.failed = true;
+        status.textContent = "";
+        var retry = el("button", "failed", "!");
+        retry.type = "button";
+        retry.title = "发送失败，点击重发";
+        retry.onclick = function () { attempt(p, hooks); };
+        status.appendChild(retry);
+        toast(err.code === 402 ? "消息内容不符合要求" : err.code === 400 ? "身份验证失败，请刷新页面" : "发送失败，点击红色感叹号重发");
+      });
+    }
+
     listEl.addEventListener("scroll", function () { list.stick = nearBottom(); });
+    list.sendPending = sendPending;
     list.setBlockId = setBlockIdOf;
     list.clear = clear;
     list.addItems = addItems;

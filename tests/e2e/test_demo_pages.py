@@ -147,6 +147,25 @@ def test_a_killed_and_restarted_server_loses_nothing_and_pages_reconnect(browser
         expect_message(customer, text, timeout_ms=5000)
 
 
+def test_a_send_that_failed_while_the_server_was_down_is_sent_once_by_its_retry_button(browser, demo_server):
+    customer, radar = open_pages(browser, demo_server.base)
+    errors: list[str] = []
+    customer.on("pageerror", lambda error: errors.append(str(error)))
+    demo_server.proc.send_signal(signal.SIGKILL)
+    demo_server.proc.wait(timeout=5)
+    send(customer, "断线时发出的消息")
+    retry = customer.locator("[data-testid=messages] button.failed")
+    sync_api.expect(retry).to_have_count(1, timeout=30_000)  # the client's own retries give up first
+    demo_server.restart()
+    sync_api.expect(radar.locator("[data-testid=state]")).to_have_attribute("data-state", "live", timeout=35_000)
+    retry.click()
+    expect_message(radar, "断线时发出的消息", timeout_ms=5000)
+    sync_api.expect(retry).to_have_count(0, timeout=5000)
+    customer.reload()
+    expect_message(customer, "断线时发出的消息", timeout_ms=5000)  # stored once
+    assert errors == []
+
+
 def teardown_module(module) -> None:
     if SCREENSHOTS.exists() and not any(SCREENSHOTS.iterdir()):
         shutil.rmtree(SCREENSHOTS)
