@@ -23,10 +23,9 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 
-from handlers import ApiSettings, make_app
+from handlers import ApiSettings, ChatHTTPServer, make_app
 from storage import FROM_RADAR_USER, ChatStore
 from storage.schema import SchemaTooNew
 
@@ -240,7 +239,7 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
     store = await open_store(config)
     demo = config[""]["demo"]
     app = make_app(store, api_settings(config), access_log=config["log"]["access"], demo=demo)
-    server = HTTPServer(
+    server = ChatHTTPServer(
         app,
         idle_connection_timeout=server_config["idle_connection_timeout"],
         max_header_size=server_config["max_header_bytes"],

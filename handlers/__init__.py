@@ -14,6 +14,7 @@ from storage import ChatStore
 
 from . import customer, radar
 from .base import InFlight, NotFoundHandler, log_request
+from .connections import ChatHTTPServer
 from .demo import DemoAccountsHandler
 from .openapi import OpenApiHandler
 from .settings import ApiSettings
@@ -66,4 +67,4 @@ def _no_access_log(handler: Any) -> None:
     """Access logging off (log.access = false): at thousands of requests a second it costs."""
 
 
-__all__ = ["ApiSettings", "make_app"]
+__all__ = ["ApiSettings", "ChatHTTPServer", "make_app"]

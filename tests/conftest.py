@@ -15,7 +15,7 @@ import ujson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from handlers import ApiSettings, make_app  # noqa: E402
+from handlers import ApiSettings, ChatHTTPServer, make_app  # noqa: E402
 from storage import ChatStore  # noqa: E402
 
 
@@ -133,6 +133,16 @@ def store(io_loop, db_path: Path):
 @pytest.fixture
 def app(store: ChatStore, api_settings: ApiSettings):
     return make_app(store, api_settings)
+
+
+@pytest.fixture
+def http_server(request, io_loop, _unused_port, app):
+    """pytest-tornado's server fixture, but with the server class leida_chat.py serves with."""
+    server = ChatHTTPServer(app, idle_connection_timeout=120.0, body_timeout=30.0)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)
 
 
 @pytest.fixture

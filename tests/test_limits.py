@@ -5,11 +5,12 @@ import asyncio
 import inspect
 import socket
 import time
+from urllib.parse import urlencode
 
 import pytest
 import ujson
 
-from conftest import text
+from conftest import sign, text
 from handlers import ApiSettings
 
 TOKEN_REJECTED = {"code": 400, "msg": "token异常", "data": {}}
@@ -137,16 +138,45 @@ def raw_exchange(port: int, data: bytes, read_timeout: float) -> bytes:
 
 
 def test_slow_bodies_and_huge_headers_are_cut_off(tmp_path, start_server):
-    from live import serve_args
+    from live import cli_account, serve_args
 
+    customer = cli_account(tmp_path, "add-customer", "--db", str(tmp_path / "chat.db"), "--name", "小明")
     server = start_server(*serve_args(tmp_path), env={"LEIDA_SERVER_BODY_TIMEOUT": "0.5",
                                                       "LEIDA_SERVER_MAX_HEADER_BYTES": "4096"})
+    # signed, so that the server accepts the headers and waits for the rest of the body
+    path = f"/zhugeleida/gongzhonghao/chat/send_msg/0?{urlencode(sign(customer))}".encode()
     started = time.monotonic()
-    stalled = raw_exchange(server.port, b"POST /zhugeleida/gongzhonghao/chat/send_msg/0 HTTP/1.1\r\n"
+    stalled = raw_exchange(server.port, b"POST " + path + b" HTTP/1.1\r\n"
                                         b"Host: x\r\nContent-Length: 100\r\n\r\nu_id=1", read_timeout=5)
-    assert b"<timeout>" not in stalled and time.monotonic() - started < 3  # closed by the server
+    assert stalled == b"" and 0.4 < time.monotonic() - started < 3  # closed by the server, no answer
     huge = raw_exchange(server.port, b"GET /zhugeleida/gongzhonghao/chat HTTP/1.1\r\nHost: x\r\nX-Big: "
                         + b"a" * 10000 + b"\r\n\r\n", read_timeout=5)
     assert b"<timeout>" not in huge and not huge.startswith(b"HTTP/1.1 200")
     status, body = server.request("GET", "/zhugeleida/gongzhonghao/chat/query_num/0")
     assert body["code"] == 400  # and it goes on serving
+
+
+def test_idle_and_slow_connections_are_closed_but_held_requests_are_not(tmp_path, start_server):
+    from live import cli_account, serve_args
+
+    db = str(tmp_path / "chat.db")
+    user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理")
+    customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "小明")
+    server = start_server(*serve_args(tmp_path), env={"LEIDA_SERVER_IDLE_CONNECTION_TIMEOUT": "0.5"})
+
+    def closed_within(data: bytes) -> bytes:
+        started = time.monotonic()
+        answer = raw_exchange(server.port, data, read_timeout=5)
+        assert b"<timeout>" not in answer and time.monotonic() - started < 3  # closed by the server
+        return answer
+
+    assert closed_within(b"") == b""                                 # connected, never sent a byte
+    assert closed_within(b"GET /zhugeleida/gongzhonghao/chat HTTP/1.1\r\nHost: x\r\n") == b""  # headers never end
+    # a keep-alive connection is answered, then closed once it has been idle for the timeout
+    answer = closed_within(b"GET /zhugeleida/gongzhonghao/chat/query_num/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200") and b'"code":400' in answer
+    # a held getmsg is the server's own wait: it lasts its full wait, far past the idle timeout
+    started = time.monotonic()
+    body = server.customer_getmsg(customer, user.id, wait=2)
+    assert body["code"] == 200 and body["data"]["ret_data"] == []
+    assert time.monotonic() - started >= 1.9

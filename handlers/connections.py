@@ -1,0 +1,94 @@
+"""Deadlines for the two moments a connection may keep the server waiting:
+for the next request's headers (``server.idle_connection_timeout``: idle
+keep-alive connections and slow headers) and for a body that has begun
+(``server.body_timeout``: stalled uploads).
+
+Tornado enforces both itself by wrapping each read in ``gen.with_timeout``:
+a future, a chained future and a timer for every request, about 7 % of the
+event loop's time at 1,000 sends/s (bench/README.md). ``ChatHTTPServer`` turns
+those off and gives each request one loop timer instead, cancelled as soon as
+what it waits for has arrived. A held getmsg has neither deadline: its headers
+and body are in, and its wait has its own timer.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
+from tornado.httpserver import HTTPServer
+
+log = logging.getLogger("leida_chat.http")
+
+
+class ChatHTTPServer(HTTPServer):
+    """Tornado's HTTPServer with cheaper per-request deadlines (see module docstring)."""
+
+    def initialize(  # type: ignore[override]
+        self, *args: Any, idle_connection_timeout: float = 3600.0, body_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().initialize(*args, **kwargs)
+        self.conn_params.header_timeout = None
+        self.conn_params.body_timeout = None
+        self.idle_connection_timeout = idle_connection_timeout
+        self.body_timeout = body_timeout
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        """Called as a connection starts waiting for its next request."""
+        delegate = super().start_request(server_conn, request_conn)
+        assert isinstance(request_conn, HTTP1Connection)
+        return RequestDeadlines(delegate, request_conn, self.idle_connection_timeout, self.body_timeout)
+
+
+class RequestDeadlines(httputil.HTTPMessageDelegate):
+    """Passes one request through to the application's delegate, closing the
+    connection if its headers, or then its body, do not arrive in time."""
+
+    def __init__(
+        self, delegate: httputil.HTTPMessageDelegate, connection: HTTP1Connection,
+        idle_timeout: float, body_timeout: float | None,
+    ) -> None:
+        self._delegate = delegate
+        self._connection = connection
+        self._body_timeout = body_timeout
+        self._deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            idle_timeout, connection.close)
+
+    def headers_received(
+        self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders,
+    ) -> Any:
+        self._cancel()
+        if self._body_timeout is not None and _has_body(headers):
+            self._deadline = asyncio.get_running_loop().call_later(self._body_timeout, self._body_too_slow)
+        return self._delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        return self._delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self._cancel()
+        self._delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self._cancel()
+        self._delegate.on_connection_close()
+
+    def _cancel(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _body_too_slow(self) -> None:
+        self._deadline = None
+        log.info("body not received within %s s from %s: connection closed",
+                 self._body_timeout, self._connection.context)
+        self._connection.close()
+
+
+def _has_body(headers: httputil.HTTPHeaders) -> bool:
+    return headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers
