@@ -70,6 +70,27 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX conversation_unread_by_user ON conversation (user_id)
         WHERE last_customer_message_id > user_read_id;
     """,
+    3: """
+    -- bumped by every change to an account, by this server or by any other
+    -- process (the CLI): the server keeps accounts cached until it moves
+    CREATE TABLE account_change (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO account_change (id, version) VALUES (1, 0);
+    CREATE TRIGGER customer_insert AFTER INSERT ON customer
+        BEGIN UPDATE account_change SET version = version + 1; END;
+    CREATE TRIGGER customer_update AFTER UPDATE ON customer
+        BEGIN UPDATE account_change SET version = version + 1; END;
+    CREATE TRIGGER customer_delete AFTER DELETE ON customer
+        BEGIN UPDATE account_change SET version = version + 1; END;
+    CREATE TRIGGER radar_user_insert AFTER INSERT ON radar_user
+        BEGIN UPDATE account_change SET version = version + 1; END;
+    CREATE TRIGGER radar_user_update AFTER UPDATE ON radar_user
+        BEGIN UPDATE account_change SET version = version + 1; END;
+    CREATE TRIGGER radar_user_delete AFTER DELETE ON radar_user
+        BEGIN UPDATE account_change SET version = version + 1; END;
+    """,
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

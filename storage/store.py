@@ -14,6 +14,7 @@ import asyncio
 import logging
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,6 +72,7 @@ _RADAR_USER_FIELDS = (
 
 _CUSTOMER_BY_ID = f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer WHERE id = ?"
 _RADAR_USER_BY_ID = f"SELECT id, {', '.join(_RADAR_USER_FIELDS)} FROM radar_user WHERE id = ?"
+_ACCOUNT_VERSION = "SELECT version FROM account_change"
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -110,8 +112,11 @@ class ChatStore:
         self._write_conn = write_conn
         self._read_conn = read_conn
         self._writer = Writer(write_conn, after_commit=self._wake_waiters)
-        self._customers: AccountCache[Customer] = AccountCache(account_cache_seconds)
-        self._radar_users: AccountCache[RadarUser] = AccountCache(account_cache_seconds)
+        self._customers: AccountCache[Customer] = AccountCache(enabled=account_cache_seconds > 0)
+        self._radar_users: AccountCache[RadarUser] = AccountCache(enabled=account_cache_seconds > 0)
+        self._account_recheck_seconds = account_cache_seconds
+        self._accounts_recheck_at = 0.0
+        self._account_version: int | None = None
         self._unsettled_marks: dict[int, set[asyncio.Future]] = {}
         self.waiters = Waiters()
 
@@ -189,6 +194,8 @@ class ChatStore:
         return self._account(self._radar_users, _RADAR_USER_BY_ID, RadarUser, user_id)
 
     def _account(self, cache: AccountCache, sql: str, record: type, account_id: int) -> Any:
+        if self._account_recheck_seconds > 0 and time.monotonic() >= self._accounts_recheck_at:
+            self._recheck_accounts()
         account = cache.get(account_id)
         if account is None:
             rows = self._read_conn.execute(sql, (account_id,)).fetchall()
@@ -196,6 +203,15 @@ class ChatStore:
                 account = record(*rows[0])
                 cache.put(account_id, account)
         return account
+
+    def _recheck_accounts(self) -> None:
+        """Empty the account caches if any account changed since the last look (see accounts.py)."""
+        self._accounts_recheck_at = time.monotonic() + self._account_recheck_seconds
+        (version,) = self._read_conn.execute(_ACCOUNT_VERSION).fetchone()
+        if version != self._account_version:
+            self._account_version = version
+            self._customers.clear()
+            self._radar_users.clear()
 
     async def first_accounts(self, customers: int) -> tuple[RadarUser | None, list[Customer]]:
         """The lowest-numbered radar user and customers (what the demo pages sign with)."""

@@ -34,7 +34,28 @@ def test_a_version_1_database_is_migrated_and_keeps_its_data(io_loop, tmp_path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "conversation_unread_by_user" in indexes
+    assert conn.execute("SELECT version FROM account_change").fetchone()[0] >= 0
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_an_account_changed_by_another_process_applies_within_the_recheck_time(tmp_path):
+    store = await ChatStore.open(tmp_path / "chat.db", account_cache_seconds=0.3)
+    try:
+        user_id, token = await store.save_radar_user(None, username="王经理")
+        customer_id, _ = await store.save_customer(None, username="小明")
+        assert (await store.radar_user(user_id)).token == token  # now cached
+        assert (await store.customer(customer_id)).username == "小明"
+        other = sqlite3.connect(tmp_path / "chat.db")  # the CLI, say
+        other.execute("UPDATE radar_user SET token = 'rotated' WHERE id = ?", (user_id,))
+        other.execute("DELETE FROM customer WHERE id = ?", (customer_id,))
+        other.commit()
+        other.close()
+        await asyncio.sleep(0.4)
+        assert (await store.radar_user(user_id)).token == "rotated"
+        assert await store.customer(customer_id) is None
+    finally:
+        await store.close()
 
 
 def test_a_database_from_a_newer_release_is_refused(io_loop, tmp_path):
