@@ -35,6 +35,7 @@ class ChatHTTPServer(HTTPServer):
         self.conn_params.body_timeout = None
         self.idle_connection_timeout = idle_connection_timeout
         self.body_timeout = body_timeout
+        self._current: dict[object, RequestDeadlines] = {}  # per open connection, its latest request
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
@@ -42,7 +43,22 @@ class ChatHTTPServer(HTTPServer):
         """Called as a connection starts waiting for its next request."""
         delegate = super().start_request(server_conn, request_conn)
         assert isinstance(request_conn, HTTP1Connection)
-        return RequestDeadlines(delegate, request_conn, self.idle_connection_timeout, self.body_timeout)
+        deadlines = RequestDeadlines(delegate, request_conn, self.idle_connection_timeout, self.body_timeout)
+        self._current[server_conn] = deadlines
+        return deadlines
+
+    def on_close(self, server_conn: object) -> None:
+        """A client that hangs up while idle tells no request delegate: drop its timer here,
+        or each closed connection would be kept until its idle deadline."""
+        deadlines = self._current.pop(server_conn, None)
+        if deadlines is not None:
+            deadlines.cancel()
+        super().on_close(server_conn)
+
+    @property
+    def pending_deadlines(self) -> int:
+        """Connections with a running deadline timer (for tests and curiosity)."""
+        return sum(1 for deadlines in self._current.values() if deadlines.running)
 
 
 class RequestDeadlines(httputil.HTTPMessageDelegate):
@@ -59,10 +75,14 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
         self._deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             idle_timeout, connection.close)
 
+    @property
+    def running(self) -> bool:
+        return self._deadline is not None
+
     def headers_received(
         self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders,
     ) -> Any:
-        self._cancel()
+        self.cancel()
         if self._body_timeout is not None and _has_body(headers):
             self._deadline = asyncio.get_running_loop().call_later(self._body_timeout, self._body_too_slow)
         return self._delegate.headers_received(start_line, headers)
@@ -71,14 +91,14 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
         return self._delegate.data_received(chunk)
 
     def finish(self) -> None:
-        self._cancel()
+        self.cancel()
         self._delegate.finish()
 
     def on_connection_close(self) -> None:
-        self._cancel()
+        self.cancel()
         self._delegate.on_connection_close()
 
-    def _cancel(self) -> None:
+    def cancel(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None

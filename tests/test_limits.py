@@ -180,3 +180,29 @@ def test_idle_and_slow_connections_are_closed_but_held_requests_are_not(tmp_path
     body = server.customer_getmsg(customer, user.id, wait=2)
     assert body["code"] == 200 and body["data"]["ret_data"] == []
     assert time.monotonic() - started >= 1.9
+
+
+async def settles(condition, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@pytest.mark.gen_test(timeout=15)
+async def test_connection_deadlines_end_with_their_connection_and_skip_held_requests(
+    http_server, http_port, api, store, customer, radar_user
+):
+    # an idle connection has its deadline; hanging up ends it, not the idle timeout (120 s)
+    _, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    assert await settles(lambda: http_server.pending_deadlines == 1)
+    writer.close()
+    assert await settles(lambda: http_server.pending_deadlines == 0)
+    # a held getmsg has none: its headers are in and its wait has its own timer
+    held = asyncio.ensure_future(api.customer_getmsg(customer, radar_user.id, wait=5))
+    assert await settles(lambda: len(store.waiters) == 1)
+    assert http_server.pending_deadlines == 0 and not held.done()
+    assert (await api.customer_send(customer, radar_user.id, text("到了")))["code"] == 200
+    assert [item["msg"] for item in (await held)["data"]["ret_data"]] == ["到了"]
