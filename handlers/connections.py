@@ -27,13 +27,13 @@ class ChatHTTPServer(HTTPServer):
     """Tornado's HTTPServer with cheaper per-request deadlines (see module docstring)."""
 
     def initialize(  # type: ignore[override]
-        self, *args: Any, idle_connection_timeout: float = 3600.0, body_timeout: float | None = None,
+        self, *args: Any, idle_connection_timeout: float | None = None, body_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().initialize(*args, **kwargs)
         self.conn_params.header_timeout = None
         self.conn_params.body_timeout = None
-        self.idle_connection_timeout = idle_connection_timeout
+        self.idle_connection_timeout = idle_connection_timeout or 3600.0  # Tornado's default
         self.body_timeout = body_timeout
         self._current: dict[object, RequestDeadlines] = {}  # per open connection, its latest request
 
@@ -73,7 +73,7 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
         self._connection = connection
         self._body_timeout = body_timeout
         self._deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            idle_timeout, connection.close)
+            idle_timeout, self._idle_too_long)
 
     @property
     def running(self) -> bool:
@@ -102,6 +102,10 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _idle_too_long(self) -> None:
+        self._deadline = None
+        self._connection.close()
 
     def _body_too_slow(self) -> None:
         self._deadline = None
