@@ -33,7 +33,7 @@ log = logging.getLogger("leida_chat")
 
 HERE = Path(__file__).resolve().parent
 #: how long a running thread keeps the GIL from a waiting one (CPython's default is 5 ms)
-GIL_SWITCH_SECONDS = 0.0005
+GIL_SWITCH_SECONDS = 0.001
 #: sockets and files the server holds besides its held requests (listeners, database, sends in flight)
 FILES_BESIDES_WAITERS = 256
 #: pending connections the kernel queues for us: thousands of pages reconnect at once after a restart
