@@ -7,8 +7,8 @@ commit empties the reading connection's page cache). Changes made through this
 process drop their entry at once. Changes made by another process (the CLI
 syncing accounts) move the ``account_change`` counter that the schema's
 triggers keep; the store looks at that counter at most once every
-``recheck_seconds`` and empties the cache when it has moved, so such a change
-takes effect within that time. Unknown ids are never cached, so a new account
+``auth.account_cache_seconds`` and empties the cache when it has moved, so
+such a change takes effect within that time (0: nothing is cached). Unknown ids are never cached, so a new account
 works on its first request.
 """
 from __future__ import annotations
