@@ -139,6 +139,13 @@ def _check(config: dict[str, dict[str, Any]]) -> None:
         raise ConfigError("longpoll.timeout and longpoll.max_timeout must be positive")
     if config["auth"]["max_skew_seconds"] < 0:
         raise ConfigError("auth.max_skew_seconds must be 0 (off) or positive")
+    if config["auth"]["account_cache_seconds"] < 0:
+        raise ConfigError("auth.account_cache_seconds must be 0 (no cache) or positive")
+    for name in ("idle_connection_timeout", "body_timeout"):
+        if server[name] <= 0:  # a deadline of 0 or less would close every connection at once
+            raise ConfigError(f"server.{name} must be positive")
+    if server["shutdown_grace_seconds"] < 0:
+        raise ConfigError("server.shutdown_grace_seconds must be 0 or positive")
     for name, value in [("server.max_body_bytes", server["max_body_bytes"]),
                         ("server.max_header_bytes", server["max_header_bytes"]), ("longpoll.max_items", longpoll["max_items"]),
                         ("longpoll.max_waiters", longpoll["max_waiters"]),

@@ -493,7 +493,11 @@ def test_both_event_loops_serve_and_deliver(tmp_path, start_server, event_loop):
 
 
 @pytest.mark.parametrize("name,value", [("LEIDA_DEMO", "maybe"), ("LEIDA_LOG_ACCESS", "2"),
-                                        ("LEIDA_SERVER_EVENT_LOOP", "bogus")])
+                                        ("LEIDA_SERVER_EVENT_LOOP", "bogus"),
+                                        ("LEIDA_SERVER_IDLE_CONNECTION_TIMEOUT", "0"),
+                                        ("LEIDA_SERVER_BODY_TIMEOUT", "-1"),
+                                        ("LEIDA_SERVER_SHUTDOWN_GRACE_SECONDS", "-1"),
+                                        ("LEIDA_AUTH_ACCOUNT_CACHE_SECONDS", "-1")])
 def test_a_bad_environment_value_stops_the_server_naming_it(tmp_path, name, value):
     result = run_cli(tmp_path, *serve_args(tmp_path), env=clean_env(**{name: value}))
     assert result.returncode == 2 and "configuration error" in result.stderr
