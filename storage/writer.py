@@ -157,11 +157,7 @@ class Writer:
         changes = [(apply, item) for apply, item, _ in batch]
         if not _begin_without_waiting(conn):
             return await self._in_thread(_locked_transaction, conn, changes)
-        try:
-            results = _apply_changes(conn, changes)
-        except BaseException:
-            _roll_back(conn)
-            raise
+        results = _apply_or_roll_back(conn, changes)
         await self._in_thread(_commit, conn)
         return results
 
@@ -218,13 +214,18 @@ def _locked_transaction(conn: sqlite3.Connection, changes: list[tuple[ApplyMany,
         raise
     finally:
         conn.execute("PRAGMA busy_timeout = 0")
+    results = _apply_or_roll_back(conn, changes)
+    _commit(conn)
+    return results
+
+
+def _apply_or_roll_back(conn: sqlite3.Connection, changes: list[tuple[ApplyMany, Any]]) -> list[Any]:
+    """Inside an open transaction: every change, or a rollback and the error."""
     try:
-        results = _apply_changes(conn, changes)
+        return _apply_changes(conn, changes)
     except BaseException:
         _roll_back(conn)
         raise
-    _commit(conn)
-    return results
 
 
 def _roll_back(conn: sqlite3.Connection) -> None:
