@@ -2,8 +2,8 @@
 """leida-chat: a long-polling chat server for WeChat H5 customers and radar sales reps.
 
 This module wires configuration to the app and the app to a server, and holds
-the command line: ``serve`` (the default), ``add-user``, ``add-customer`` and
-``demo-accounts``. Settings come from ``config.toml``, then ``LEIDA_<SECTION>_<KEY>``
+the command line: ``serve`` (the default), ``demo``, ``add-user``,
+``add-customer``, ``demo-accounts`` and ``backup``. Settings come from ``config.toml``, then ``LEIDA_<SECTION>_<KEY>``
 environment variables, then command-line flags, each overriding the one before.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ DEFAULT_CONFIG = HERE / "config.toml"
 
 #: Every setting and its default; the config file and environment may set only these.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # top-level keys (no [section]); demo = true serves /demo/ pages and hands out
-    # demo tokens to this machine: the shipped local config.toml turns it on, production must not
+    # top-level keys (no [section]); demo = true serves /demo/ pages and hands out the
+    # demo-seeded accounts' tokens to this machine: `leida_chat.py demo` turns it on
     "": {"demo": False},
     "server": {
         "host": "127.0.0.1",
@@ -265,7 +265,8 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
     )
     if demo:
         customer_page, radar_page = demo_urls(server_config["host"], port)
-        log.warning("demo mode: /demo/accounts.json hands out tokens to this machine; never in production")
+        log.warning("demo mode: /demo/accounts.json hands out the demo accounts' tokens to this machine; "
+                    "never in production")
         print(f"\nDemo mode is on (demo = true). Open these two pages side by side:\n"
               f"  customer (H5 chat):   {customer_page}\n"
               f"  radar user (console): {radar_page}\n", flush=True)
@@ -294,19 +295,23 @@ DEMO_GREETING = "您好，我是王经理，很高兴为您服务。有什么可
 
 
 async def seed_demo(config: dict[str, dict[str, Any]]) -> None:
-    """A radar user and three customers, each greeted once, unless the database has people already."""
+    """A radar user and three customers, each greeted once, unless the demo seeded them already.
+
+    They are marked ``seeded_by_demo``: those are the only accounts whose tokens
+    the demo pages are handed.
+    """
     store = await open_store(config)
     try:
-        user, _ = await store.first_accounts(1)
+        user, _ = await store.demo_seeded_accounts(1)
         if user is not None:
             return
         user_id, _ = await store.save_radar_user(
-            None, username="王经理", avatar="/static/demo/avatars/rep.svg",
+            None, seeded_by_demo=True, username="王经理", avatar="/static/demo/avatars/rep.svg",
             mingpian_avatar="/static/demo/avatars/rep.svg", mingpian_phone="18900000000", wechat="wang_demo",
         )
         for number, name in enumerate(("小明", "李华", "张伟"), start=1):
             customer_id, _ = await store.save_customer(
-                None, username=name, headimgurl=f"/static/demo/avatars/{number}.svg"
+                None, seeded_by_demo=True, username=name, headimgurl=f"/static/demo/avatars/{number}.svg"
             )
             await store.send(customer_id, user_id, FROM_RADAR_USER, {"info_type": 1, "msg": DEMO_GREETING})
     finally:
@@ -341,6 +346,41 @@ async def demo_accounts(config: dict[str, dict[str, Any]], users: int, customers
         "users": {str(i): token for i, token in user_tokens.items()},
         "customers": {str(i): token for i, token in customer_tokens.items()},
     }
+
+
+# -- backup -------------------------------------------------------------------
+
+
+def backup(database: Path, out: Path) -> dict[str, Any]:
+    """A consistent copy of ``database`` at ``out``, safe while the server is serving.
+
+    SQLite's online backup API copies every page in one step under one read
+    transaction, so the copy is the database as of one commit; in WAL mode the
+    server's writer goes on meanwhile. The copy is written beside ``out``,
+    checked with ``PRAGMA integrity_check``, and only then renamed into place,
+    so ``out`` is never a half-written file.
+    """
+    if not database.exists():
+        raise FileNotFoundError(f"no database at {database}")
+    partial = out.with_name(out.name + ".partial")
+    partial.unlink(missing_ok=True)
+    source = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        copy = sqlite3.connect(partial)
+        try:
+            source.backup(copy)
+            (verdict,) = copy.execute("PRAGMA integrity_check").fetchone()
+            (messages,) = copy.execute("SELECT count(*) FROM message").fetchone()
+            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+        finally:
+            copy.close()
+    finally:
+        source.close()
+    if verdict != "ok":
+        partial.unlink(missing_ok=True)
+        raise sqlite3.DatabaseError(f"the copy failed its integrity check: {verdict}")
+    partial.replace(out)
+    return {"backup": str(out), "messages": messages, "bytes": out.stat().st_size}
 
 
 # -- command line -------------------------------------------------------------
@@ -408,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     customer.add_argument("--token", type=_token, help="secret token (default: random 32 hex digits)")
     customer.add_argument("--headimgurl", help="avatar URL")
 
+    copy = command("backup", "write a consistent copy of the database to OUT, while the server serves; "
+                             "prints {\"backup\", \"messages\", \"bytes\"}")
+    copy.add_argument("out", type=Path, metavar="OUT", help="file to write the copy to (replaced if it exists)")
+
     numbered = command("demo-accounts", "create numbered radar users and customers in one transaction")
     numbered.add_argument("--users", type=_count, required=True)
     numbered.add_argument("--customers", type=_count, required=True)
@@ -454,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in (None, "serve", "demo"):
             with asyncio.Runner(loop_factory=event_loop_factory(config["server"]["event_loop"])) as runner:
                 runner.run(serve(config))
+            return 0
+        if args.command == "backup":
+            print(json.dumps(backup(Path(config["database"]["path"]), args.out)))
             return 0
         if args.command == "demo-accounts":
             result = asyncio.run(demo_accounts(config, args.users, args.customers))

@@ -16,6 +16,7 @@ from . import customer, radar
 from .base import InFlight, NotFoundHandler, log_request
 from .connections import ChatHTTPServer
 from .demo import DemoAccountsHandler
+from .health import HealthHandler, ReadyHandler
 from .openapi import OpenApiHandler
 from .settings import ApiSettings
 
@@ -35,6 +36,8 @@ def routes(deps: dict[str, Any], demo: bool) -> list[tuple]:
         (r"/zhugeleida/qiyeweixin/chat/?", radar.HistoryHandler),
         (r"/zhugeleida/qiyeweixin/contact/?", radar.ContactHandler),
         (r"/openapi\.json", OpenApiHandler),
+        (r"/healthz", HealthHandler),
+        (r"/readyz", ReadyHandler),
     ]
     if demo:
         table.append((r"/demo/accounts\.json", DemoAccountsHandler))

@@ -177,7 +177,8 @@ class ApiHandler(RequestHandler):
             return
         if status_code == 503:
             self.set_header("Retry-After", RETRY_AFTER_SECONDS)
-        reason = httputil.responses.get(status_code, "Unknown")
+        reason = (error.reason if isinstance(error, HTTPError) and error.reason else None) or \
+            httputil.responses.get(status_code, "Unknown")
         self.reply(reason, {}, code=status_code)
 
     def _request_summary(self) -> str:

@@ -15,10 +15,10 @@ from .records import (
 )
 from .store import ChatStore, local_timestamp
 from .waiters import SUPERSEDED, WaitKey, Waiters, conversation_key, inbox_key
-from .writer import DatabaseLocked, WriterClosed
+from .writer import DatabaseLocked, StorageFailing, WriterClosed
 
 __all__ = [
     "FROM_CUSTOMER", "FROM_RADAR_USER", "ChatStore", "Contact", "Customer", "DatabaseLocked", "HistoryPage",
-    "Message", "RadarUser", "SUPERSEDED", "SendReceipt", "Side", "WaitKey", "Waiters", "WriterClosed",
+    "Message", "RadarUser", "SUPERSEDED", "SendReceipt", "Side", "StorageFailing", "WaitKey", "Waiters", "WriterClosed",
     "conversation_key", "inbox_key", "local_timestamp",
 ]

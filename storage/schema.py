@@ -91,6 +91,12 @@ MIGRATIONS: dict[int, str] = {
     CREATE TRIGGER radar_user_delete AFTER DELETE ON radar_user
         BEGIN UPDATE account_change SET version = version + 1; END;
     """,
+    4: """
+    -- accounts the demo seeded itself: the only ones /demo/accounts.json may
+    -- ever hand out; every account made by the CLI or a deployment stays 0
+    ALTER TABLE radar_user ADD COLUMN seeded_by_demo INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE customer ADD COLUMN seeded_by_demo INTEGER NOT NULL DEFAULT 0;
+    """,
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -38,7 +38,7 @@ from .records import (
 from .accounts import AccountCache
 from .schema import migrate
 from .waiters import Waiters
-from .writer import Writer
+from .writer import StorageFailing, Writer
 
 log = logging.getLogger("leida_chat.storage")
 
@@ -164,6 +164,25 @@ class ChatStore:
         self._read_conn.close()
         await self._write_conn.close()
 
+    async def readiness_problem(self) -> str | None:
+        """Why a send could not succeed now, or None when it could.
+
+        While the disk is failing, each probe tries a one-row write, so that
+        readiness comes back as soon as space does, even before the next send.
+        """
+        try:
+            self._read_conn.execute(_ACCOUNT_VERSION).fetchone()
+        except sqlite3.Error as error:
+            return f"database not readable: {error}"
+        if not self._writer.running:
+            return "database writer stopped"
+        if self._writer.storage_failing is not None:
+            try:
+                await self._writer.run(_probe_write)
+            except StorageFailing as error:
+                return str(error)
+        return None
+
     # -- reading -----------------------------------------------------------
 
     async def _all(self, sql: str, params: Iterable[Any]) -> list[tuple]:
@@ -213,29 +232,45 @@ class ChatStore:
             self._customers.clear()
             self._radar_users.clear()
 
-    async def first_accounts(self, customers: int) -> tuple[RadarUser | None, list[Customer]]:
-        """The lowest-numbered radar user and customers (what the demo pages sign with)."""
-        row = await self._one("SELECT MIN(id) FROM radar_user", ())
+    async def demo_seeded_accounts(self, customers: int) -> tuple[RadarUser | None, list[Customer]]:
+        """The radar user and customers the demo seeded (what the demo pages sign with).
+
+        Only accounts marked ``seeded_by_demo`` are ever returned: the demo page
+        hands their tokens out, so an account a deployment made must never be among them.
+        """
+        row = await self._one("SELECT MIN(id) FROM radar_user WHERE seeded_by_demo = 1", ())
         user = await self.radar_user(row[0]) if row and row[0] is not None else None
         rows = await self._all(
-            f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer ORDER BY id LIMIT ?", (customers,)
+            f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer WHERE seeded_by_demo = 1 ORDER BY id LIMIT ?",
+            (customers,),
         )
         return user, [Customer(*row) for row in rows]
 
-    async def save_customer(self, customer_id: int | None = None, **fields: str | None) -> tuple[int, str]:
-        """Create a customer, or update the given fields of an existing one."""
-        saved = await self._save_account("customer", _CUSTOMER_FIELDS, customer_id, fields)
+    async def save_customer(
+        self, customer_id: int | None = None, *, seeded_by_demo: bool = False, **fields: str | None
+    ) -> tuple[int, str]:
+        """Create a customer, or update the given fields of an existing one.
+
+        ``seeded_by_demo`` marks a new account as the demo's own (see ``demo_seeded_accounts``).
+        """
+        saved = await self._save_account("customer", _CUSTOMER_FIELDS, customer_id, fields, seeded_by_demo)
         self._customers.drop(saved[0])
         return saved
 
-    async def save_radar_user(self, user_id: int | None = None, **fields: str | None) -> tuple[int, str]:
-        """Create a radar user, or update the given fields of an existing one."""
-        saved = await self._save_account("radar_user", _RADAR_USER_FIELDS, user_id, fields)
+    async def save_radar_user(
+        self, user_id: int | None = None, *, seeded_by_demo: bool = False, **fields: str | None
+    ) -> tuple[int, str]:
+        """Create a radar user, or update the given fields of an existing one.
+
+        ``seeded_by_demo`` marks a new account as the demo's own (see ``demo_seeded_accounts``).
+        """
+        saved = await self._save_account("radar_user", _RADAR_USER_FIELDS, user_id, fields, seeded_by_demo)
         self._radar_users.drop(saved[0])
         return saved
 
     async def _save_account(
-        self, table: str, allowed: tuple[str, ...], account_id: int | None, fields: dict[str, str | None]
+        self, table: str, allowed: tuple[str, ...], account_id: int | None, fields: dict[str, str | None],
+        seeded_by_demo: bool = False,
     ) -> tuple[int, str]:
         unknown = set(fields) - set(allowed)
         if unknown:
@@ -250,9 +285,11 @@ class ChatStore:
                         assignments = ", ".join(f"{name} = ?" for name in given)
                         conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*given.values(), account_id))
                     return account_id, given.get("token", existing[0])
-            row = {"token": new_token(), **given}
+            row: dict[str, Any] = {"token": new_token(), **given}
             if "username" not in row:
                 raise ValueError("a new account needs a name")
+            if seeded_by_demo:
+                row["seeded_by_demo"] = 1
             if account_id is not None:
                 row["id"] = account_id
             placeholders = ", ".join("?" for _ in row)
@@ -413,8 +450,9 @@ class ChatStore:
                     marks.discard(done)
                     if not marks:
                         del self._unsettled_marks[user_id]
-            if not done.cancelled() and done.exception() is not None:
-                log.error("could not save read positions", exc_info=done.exception())
+            error = None if done.cancelled() else done.exception()
+            if error is not None and not isinstance(error, StorageFailing):  # that one the writer logs
+                log.error("could not save read positions", exc_info=error)
 
         mark.add_done_callback(settled)
         return mark
@@ -585,6 +623,11 @@ def _insert_messages(conn: sqlite3.Connection, batch: list[_Outgoing]) -> list[t
             key_rows,
         )
     return results
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    """A write that changes nothing but still needs the disk (readiness while the disk is failing)."""
+    conn.execute("UPDATE account_change SET version = version WHERE id = 1")
 
 
 def _move_read_positions(

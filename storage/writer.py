@@ -54,6 +54,32 @@ class DatabaseLocked(RuntimeError):
     """Another process held the write lock for longer than ``LOCK_WAIT_MS``; nothing was written."""
 
 
+class StorageFailing(RuntimeError):
+    """The disk is full (SQLITE_FULL) or failing (SQLITE_IOERR): nothing of the transaction was written.
+
+    It says nothing about the request, so callers answer it as "try again later";
+    the writer logs it, at most once every ``STORAGE_WARNING_SECONDS``.
+    """
+
+    def __init__(self, full: bool) -> None:
+        super().__init__("storage is full" if full else "storage is failing (I/O error)")
+        self.full = full
+
+
+#: how often a full or failing disk is logged while it lasts (a line per failed commit would flood the log)
+STORAGE_WARNING_SECONDS = 60.0
+_STORAGE_ERRORS = {sqlite3.SQLITE_FULL: True, sqlite3.SQLITE_IOERR: False}
+
+
+def storage_failure(error: BaseException) -> StorageFailing | None:
+    """The error as a StorageFailing, if the disk rather than the change is at fault."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    full = _STORAGE_ERRORS.get(code & 0xFF)  # extended codes (SQLITE_IOERR_WRITE, ...) keep the primary in the low byte
+    return None if full is None else StorageFailing(full)
+
+
 def _each(conn: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
     return [op(conn) for op in ops]
 
@@ -72,6 +98,14 @@ class Writer:
         self._task = asyncio.get_running_loop().create_task(self._run())
         self.commits = 0
         self.changes = 0
+        #: the last transaction failed for the disk's sake, and none has committed since
+        self.storage_failing: StorageFailing | None = None
+        self._storage_failures = 0
+        self._storage_warned_at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return not self._task.done() and not self._stopping
 
     def enqueue(self, apply: ApplyMany, item: Any, *, urgent: bool = True) -> asyncio.Future:
         """Queue ``item`` for ``apply`` in the next transaction; the future resolves once committed.
@@ -125,6 +159,12 @@ class Writer:
         try:
             results = await self._transaction(batch)
         except Exception as error:
+            failing = storage_failure(error)
+            if failing is not None:  # no change of the batch is at fault: retrying each alone would fail too
+                self._storage_failed(failing)
+                for entry in batch:
+                    _settle(entry[2], error=failing)
+                return
             # Errors go to the callers, who decide whether they are worth a log line.
             if len(batch) == 1:
                 _settle(batch[0][2], error=error)
@@ -140,7 +180,23 @@ class Writer:
             return
         self._committed(batch, results)
 
+    def _storage_failed(self, failing: StorageFailing) -> None:
+        """One warning when the disk starts failing, then one a minute while it lasts."""
+        self.storage_failing = failing
+        self._storage_failures += 1
+        now = asyncio.get_running_loop().time()
+        if self._storage_warned_at is None or now - self._storage_warned_at >= STORAGE_WARNING_SECONDS:
+            log.warning("%s: %d transaction(s) refused since the last warning; sends get 503 until space returns",
+                        failing, self._storage_failures)
+            self._storage_warned_at = now
+            self._storage_failures = 0
+
     def _committed(self, batch: Batch, results: list[Any]) -> None:
+        if self.storage_failing is not None:
+            log.warning("storage writable again: commits succeed")
+            self.storage_failing = None
+            self._storage_warned_at = None
+            self._storage_failures = 0
         self.commits += 1
         self.changes += len(batch)
         if self._after_commit is not None:
