@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import os
+import re
 import resource
 import signal
 import sqlite3
@@ -56,6 +58,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "body_timeout": 30.0,
         "shutdown_grace_seconds": 5.0,
         "event_loop": "auto",
+        "cors_origins": "*",
+        "trusted_proxies": "",
     },
     "database": {"path": "data/leida_chat.db", "synchronous": "FULL"},
     "auth": {"max_skew_seconds": 900.0, "account_cache_seconds": 5.0},
@@ -153,6 +157,14 @@ def _check(config: dict[str, dict[str, Any]]) -> None:
                         *((f"limits.{key}", value) for key, value in limits.items())]:
         if value < 1:
             raise ConfigError(f"{name} must be at least 1")
+    for origin in cors_origins(server["cors_origins"]):
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(f"server.cors_origins: {origin!r} is not * or an origin like https://h5.example.com")
+    for proxy in comma_list(server["trusted_proxies"]):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies: {proxy!r} is not an address or a CIDR network") from None
     if server["event_loop"] not in ("auto", "asyncio", "uvloop"):
         raise ConfigError("server.event_loop must be auto, asyncio or uvloop")
     if config["database"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -173,7 +185,18 @@ def api_settings(config: dict[str, dict[str, Any]]) -> ApiSettings:
         content_max_bytes=config["limits"]["content_max_bytes"],
         history_max_length=config["limits"]["history_max_length"],
         max_body_bytes=config["server"]["max_body_bytes"],
+        cors_origins=cors_origins(config["server"]["cors_origins"]),
     )
+
+
+def comma_list(setting: str) -> tuple[str, ...]:
+    """A setting that lists values, comma-separated (as the environment can give them)."""
+    return tuple(value.strip() for value in setting.split(",") if value.strip())
+
+
+def cors_origins(setting: str) -> tuple[str, ...]:
+    """``server.cors_origins``: origins (scheme://host[:port]), or ``*`` for every one."""
+    return tuple(origin.rstrip("/") for origin in comma_list(setting))
 
 
 async def open_store(config: dict[str, dict[str, Any]]) -> ChatStore:
@@ -251,6 +274,7 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
         idle_connection_timeout=server_config["idle_connection_timeout"],
         max_header_size=server_config["max_header_bytes"],
         body_timeout=server_config["body_timeout"],
+        trusted_proxies=comma_list(server_config["trusted_proxies"]),
     )
     try:
         server.listen(server_config["port"], server_config["host"], backlog=LISTEN_BACKLOG)

@@ -33,6 +33,10 @@ app_log = logging.getLogger("leida_chat.http")
 
 #: what a 503 (too many held requests) tells the client to wait before polling again
 RETRY_AFTER_SECONDS = 2
+#: the contract's routes, whose answers pages on other origins may read (CORS)
+CROSS_ORIGIN_PREFIX = "/zhugeleida/"
+#: how long a browser may cache a preflight's answer (Chromium caps it at 7200)
+PREFLIGHT_MAX_AGE_SECONDS = 7200
 SECRET_PARAMS = frozenset({"rand_str", "token"})
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
@@ -128,8 +132,37 @@ class ApiHandler(RequestHandler):
         inflight.begin()
 
     def prepare(self) -> Any:
+        self.allow_cross_origin()
         if self._arrived_while_stopping:
             raise HTTPError(503)
+
+    # -- cross-origin pages (CORS) -------------------------------------------
+
+    def allow_cross_origin(self) -> None:
+        """H5 pages are served from other domains than the API: under /zhugeleida/
+        every answer, errors included, lets an allowed origin read it. A page of
+        an origin not allowed is refused with 403 before anything is stored (a
+        form POST needs no preflight, so the browser alone would not stop it)."""
+        if not self.request.path.startswith(CROSS_ORIGIN_PREFIX):
+            return
+        self._set_cross_origin_headers()
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin):
+            raise HTTPError(403, reason="origin not allowed")
+
+    def _set_cross_origin_headers(self) -> None:
+        self.set_header("Vary", "Origin")
+        allowed = self.api.cors_origins
+        origin = self.request.headers.get("Origin")
+        if "*" in allowed:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        elif origin is not None and origin in allowed:
+            self.set_header("Access-Control-Allow-Origin", origin)
+
+    def _origin_allowed(self, origin: str) -> bool:
+        allowed = self.api.cors_origins
+        same_origin = origin == f"{self.request.protocol}://{self.request.host}"
+        return "*" in allowed or origin in allowed or same_origin
 
     def _end_inflight(self) -> None:
         if self._inflight is not None:
@@ -172,6 +205,8 @@ class ApiHandler(RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
+        if self.request.path.startswith(CROSS_ORIGIN_PREFIX):  # send_error cleared the headers
+            self._set_cross_origin_headers()
         if isinstance(error, ApiFailure):
             self.reply(error.msg, error.data, code=error.code)
             return
@@ -211,7 +246,7 @@ class SignedHandler(ApiHandler):
     Subclasses say whose tokens sign their routes by ``find_signer``.
     """
 
-    SUPPORTED_METHODS = ("GET", "POST")
+    SUPPORTED_METHODS = ("GET", "POST", "OPTIONS")
 
     signer: Customer | RadarUser
 
@@ -228,9 +263,22 @@ class SignedHandler(ApiHandler):
         self._body_size = 0
         self._body_rejected = False
         super().prepare()
+        if self.request.method == "OPTIONS":
+            return  # a preflight carries no signature; options() answers it
         self.reject_unimplemented_method()
         self.reject_declared_oversized_body()
         self.signer = await self.verify_signature()
+
+    def options(self, *args: Any) -> None:
+        """The CORS preflight: which methods and headers a page on another origin may use."""
+        methods = [name for name in ("GET", "POST")
+                   if getattr(type(self), name.lower()) is not getattr(RequestHandler, name.lower())]
+        self.set_header("Access-Control-Allow-Methods", ", ".join(methods))
+        self.set_header("Access-Control-Allow-Headers", "Content-Type, X-Requested-With")
+        self.set_header("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_SECONDS)
+        self.set_status(204)
+        self.envelope_code = 204
+        self.finish()
 
     def reject_unimplemented_method(self) -> None:
         method = self.request.method.lower()

@@ -9,11 +9,19 @@ event loop's time at 1,000 sends/s (bench/README.md). ``ChatHTTPServer`` turns
 those off and gives each request one loop timer instead, cancelled as soon as
 what it waits for has arrived. A held getmsg has neither deadline: its headers
 and body are in, and its wait has its own timer.
+
+The same per-request delegate gives a request the client's address when it
+came through a proxy we trust (``server.trusted_proxies``): only from those
+peers are ``X-Forwarded-For`` and ``X-Real-IP`` believed, so the access log and
+everything else that uses the address see the real client, and nobody else can
+claim an address by sending the header.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from tornado import httputil
@@ -28,9 +36,10 @@ class ChatHTTPServer(HTTPServer):
 
     def initialize(  # type: ignore[override]
         self, *args: Any, idle_connection_timeout: float | None = None, body_timeout: float | None = None,
-        **kwargs: Any,
+        trusted_proxies: Sequence[str] = (), **kwargs: Any,
     ) -> None:
         super().initialize(*args, **kwargs)
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
         self.conn_params.header_timeout = None
         self.conn_params.body_timeout = None
         self.idle_connection_timeout = idle_connection_timeout or 3600.0  # Tornado's default
@@ -43,7 +52,8 @@ class ChatHTTPServer(HTTPServer):
         """Called as a connection starts waiting for its next request."""
         delegate = super().start_request(server_conn, request_conn)
         assert isinstance(request_conn, HTTP1Connection)
-        deadlines = RequestDeadlines(delegate, request_conn, self.idle_connection_timeout, self.body_timeout)
+        deadlines = RequestDeadlines(delegate, request_conn, self.idle_connection_timeout, self.body_timeout,
+                                     self.trusted_proxies)
         self._current[server_conn] = deadlines
         return deadlines
 
@@ -67,9 +77,11 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
 
     def __init__(
         self, delegate: httputil.HTTPMessageDelegate, connection: HTTP1Connection,
-        idle_timeout: float, body_timeout: float | None,
+        idle_timeout: float, body_timeout: float | None, trusted_proxies: "TrustedProxies | None" = None,
     ) -> None:
         self._delegate = delegate
+        self._trusted_proxies = trusted_proxies
+        self._peer_ip: str | None = None
         self._connection = connection
         self._body_timeout = body_timeout
         self._deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
@@ -83,6 +95,8 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
         self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders,
     ) -> Any:
         self.cancel()
+        if self._trusted_proxies:
+            self._believe_forwarded_address(headers)
         if self._body_timeout is not None and _has_body(headers):
             self._deadline = asyncio.get_running_loop().call_later(self._body_timeout, self._body_too_slow)
         return self._delegate.headers_received(start_line, headers)
@@ -93,10 +107,28 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
     def finish(self) -> None:
         self.cancel()
         self._delegate.finish()
+        self._restore_peer_address()
 
     def on_connection_close(self) -> None:
         self.cancel()
         self._delegate.on_connection_close()
+        self._restore_peer_address()
+
+    def _believe_forwarded_address(self, headers: httputil.HTTPHeaders) -> None:
+        """Before the request object is made from the connection's context: the client's address."""
+        context = self._connection.context
+        peer = getattr(context, "remote_ip", None)
+        assert self._trusted_proxies is not None
+        client = self._trusted_proxies.client_address(peer, headers)
+        if client is not None and client != peer:
+            self._peer_ip = peer
+            context.remote_ip = client  # type: ignore[attr-defined]
+
+    def _restore_peer_address(self) -> None:
+        """The next request on this keep-alive connection starts from the real peer again."""
+        if self._peer_ip is not None:
+            self._connection.context.remote_ip = self._peer_ip  # type: ignore[attr-defined]
+            self._peer_ip = None
 
     def cancel(self) -> None:
         if self._deadline is not None:
@@ -112,6 +144,52 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
         log.info("body not received within %s s from %s: connection closed",
                  self._body_timeout, self._connection.context)
         self._connection.close()
+
+
+class TrustedProxies:
+    """The addresses and networks whose forwarded-address headers are believed."""
+
+    def __init__(self, proxies: Sequence[str]) -> None:
+        self.networks = [ipaddress.ip_network(proxy, strict=False) for proxy in proxies]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusts(self, address: str | None) -> bool:
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def client_address(self, peer: str | None, headers: httputil.HTTPHeaders) -> str | None:
+        """The client as the trusted proxies report it, or None to keep the peer.
+
+        ``X-Forwarded-For`` is read from the right: each proxy appends the address
+        it saw, so the rightmost address that is not one of ours is the client
+        (anything to its left could be made up by the client). ``X-Real-IP`` is
+        taken when there is no ``X-Forwarded-For``.
+        """
+        if not self.trusts(peer):
+            return None
+        forwarded = headers.get_list("X-Forwarded-For")
+        hops = [hop.strip() for value in forwarded for hop in value.split(",") if hop.strip()]
+        if not hops and headers.get("X-Real-IP"):
+            hops = [headers["X-Real-IP"].strip()]
+        for hop in reversed(hops):
+            if not _is_address(hop):
+                return None  # garbage in the header: believe nothing of it
+            if not self.trusts(hop):
+                return hop
+        return None
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _has_body(headers: httputil.HTTPHeaders) -> bool:

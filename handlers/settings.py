@@ -22,3 +22,5 @@ class ApiSettings:
     content_max_bytes: int = 16 * 1024
     history_max_length: int = 100
     max_body_bytes: int = 64 * 1024
+    #: origins whose pages may call /zhugeleida/ (CORS); "*" is every origin, as the original server
+    cors_origins: tuple[str, ...] = ("*",)
