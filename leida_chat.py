@@ -386,6 +386,7 @@ def backup(database: Path, out: Path) -> dict[str, Any]:
     """
     if not database.exists():
         raise FileNotFoundError(f"no database at {database}")
+    out.parent.mkdir(parents=True, exist_ok=True)  # as demo-accounts does for its --json file
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)
     source = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
