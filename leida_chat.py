@@ -1,39 +1,41 @@
 #!/usr/bin/env python3
 """leida-chat: a long-polling chat server for WeChat H5 customers and radar sales reps.
 
-This module wires configuration to the app and the app to a server, and holds
-the command line: ``serve`` (the default), ``demo``, ``add-user``,
-``add-customer``, ``demo-accounts`` and ``backup``. Settings come from ``config.toml``, then ``LEIDA_<SECTION>_<KEY>``
-environment variables, then command-line flags, each overriding the one before.
+This module wires configuration (leida_config.py) to the store, the store to
+the app and the app to a server, and holds the command line: ``serve`` (the
+default), ``demo``, ``add-user``, ``add-customer``, ``demo-accounts`` and
+``backup``. Installed, the same command line is the ``leida-chat`` command.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
-import ipaddress
 import json
 import logging
 import os
-import re
 import resource
 import signal
 import sqlite3
 import sys
-import tomllib
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 
-from handlers import ApiSettings, ChatHTTPServer, make_app
+from handlers import ApiSettings, ChatHTTPServer, make_app, metrics_app
+from leida_config import Config, ConfigError, check, comma_list, config_file, cors_origins, load_config
 from storage import FROM_RADAR_USER, ChatStore
+from storage.backup import backup
 from storage.schema import SchemaTooNew
 
 log = logging.getLogger("leida_chat")
 
-HERE = Path(__file__).resolve().parent
+#: how messages name the command: ``leida_chat.py`` in a checkout, ``leida-chat`` installed
+PROGRAM = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "leida-chat"
+
 #: how long a running thread keeps the GIL from a waiting one (CPython's default is 5 ms)
 GIL_SWITCH_SECONDS = 0.001
 #: sockets and files the server holds besides its held requests (listeners, database, sends in flight)
@@ -42,138 +44,8 @@ FILES_BESIDES_WAITERS = 256
 LISTEN_BACKLOG = 4096
 #: how often the full garbage collection runs (CPython's own trigger is switched off: see below)
 FULL_COLLECTION_SECONDS = 600
-DEFAULT_CONFIG = HERE / "config.toml"
 
-#: Every setting and its default; the config file and environment may set only these.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    # top-level keys (no [section]); demo = true serves /demo/ pages and hands out the
-    # demo-seeded accounts' tokens to this machine: `leida_chat.py demo` turns it on
-    "": {"demo": False},
-    "server": {
-        "host": "127.0.0.1",
-        "port": 8000,
-        "max_body_bytes": 64 * 1024,
-        "max_header_bytes": 16 * 1024,
-        "idle_connection_timeout": 120.0,
-        "body_timeout": 30.0,
-        "shutdown_grace_seconds": 5.0,
-        "event_loop": "auto",
-        "cors_origins": "*",
-        "trusted_proxies": "",
-    },
-    "database": {"path": "data/leida_chat.db", "synchronous": "FULL"},
-    "auth": {"max_skew_seconds": 900.0, "account_cache_seconds": 5.0},
-    "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200, "max_waiters": 10000,
-                 "max_waiters_per_account": 8},
-    "limits": {"msg_max_chars": 5000, "content_max_bytes": 16 * 1024, "history_max_length": 100},
-    "log": {"level": "INFO", "access": True},
-}
-
-
-class ConfigError(ValueError):
-    """A setting is unknown or has the wrong type; the message names it."""
-
-
-def env_name(section: str, key: str) -> str:
-    return f"LEIDA_{section}_{key}".upper() if section else f"LEIDA_{key}".upper()
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """``value`` as the type of ``default``, accepting strings (from the environment)."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            word = str(value).strip().lower()
-            if word in ("1", "true", "yes", "on"):
-                return True
-            if word in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if not isinstance(value, str):
-            raise ValueError
-        return value
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}") from None
-
-
-def load_config(path: Path | None, environ: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """Defaults, overlaid by the TOML file at ``path`` (if any), then by the environment."""
-    environ = os.environ if environ is None else environ
-    config = {section: dict(values) for section, values in DEFAULTS.items()}
-    if path is not None:
-        try:
-            with open(path, "rb") as file:
-                loaded = tomllib.load(file)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {path}: {error}") from None
-        top_level = {key: value for key, value in loaded.items() if not isinstance(value, dict)}
-        for section, values in [("", top_level), *((k, v) for k, v in loaded.items() if isinstance(v, dict))]:
-            if section not in DEFAULTS:
-                raise ConfigError(f"unknown config section [{section}] in {path}")
-            for key, value in values.items():
-                name = f"{section}.{key}" if section else key
-                if key not in DEFAULTS[section]:
-                    raise ConfigError(f"unknown setting {name} in {path}")
-                config[section][key] = _coerce(name, value, DEFAULTS[section][key])
-    for section, values in DEFAULTS.items():
-        for key, default in values.items():
-            name = env_name(section, key)
-            if name in environ:
-                config[section][key] = _coerce(name, environ[name], default)
-    _check(config)
-    return config
-
-
-def _check(config: dict[str, dict[str, Any]]) -> None:
-    server, longpoll, limits = config["server"], config["longpoll"], config["limits"]
-    if not 0 <= server["port"] <= 65535:
-        raise ConfigError("server.port must be between 0 and 65535")
-    if longpoll["timeout"] < 0 or longpoll["max_timeout"] <= 0:
-        raise ConfigError("longpoll.timeout and longpoll.max_timeout must be positive")
-    if config["auth"]["max_skew_seconds"] < 0:
-        raise ConfigError("auth.max_skew_seconds must be 0 (off) or positive")
-    if config["auth"]["account_cache_seconds"] < 0:
-        raise ConfigError("auth.account_cache_seconds must be 0 (no cache) or positive")
-    for name in ("idle_connection_timeout", "body_timeout"):
-        if server[name] <= 0:  # a deadline of 0 or less would close every connection at once
-            raise ConfigError(f"server.{name} must be positive")
-    if server["shutdown_grace_seconds"] < 0:
-        raise ConfigError("server.shutdown_grace_seconds must be 0 or positive")
-    for name, value in [("server.max_body_bytes", server["max_body_bytes"]),
-                        ("server.max_header_bytes", server["max_header_bytes"]), ("longpoll.max_items", longpoll["max_items"]),
-                        ("longpoll.max_waiters", longpoll["max_waiters"]),
-                        ("longpoll.max_waiters_per_account", longpoll["max_waiters_per_account"]),
-                        *((f"limits.{key}", value) for key, value in limits.items())]:
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1")
-    for origin in cors_origins(server["cors_origins"]):
-        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
-            raise ConfigError(f"server.cors_origins: {origin!r} is not * or an origin like https://h5.example.com")
-    for proxy in comma_list(server["trusted_proxies"]):
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise ConfigError(f"server.trusted_proxies: {proxy!r} is not an address or a CIDR network") from None
-    if server["event_loop"] not in ("auto", "asyncio", "uvloop"):
-        raise ConfigError("server.event_loop must be auto, asyncio or uvloop")
-    if config["database"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        raise ConfigError("database.synchronous must be OFF, NORMAL, FULL or EXTRA")
-    if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):
-        raise ConfigError("log.level must be DEBUG, INFO, WARNING or ERROR")
-
-
-def api_settings(config: dict[str, dict[str, Any]]) -> ApiSettings:
+def api_settings(config: Config) -> ApiSettings:
     return ApiSettings(
         max_skew_seconds=config["auth"]["max_skew_seconds"],
         longpoll_timeout=config["longpoll"]["timeout"],
@@ -189,17 +61,7 @@ def api_settings(config: dict[str, dict[str, Any]]) -> ApiSettings:
     )
 
 
-def comma_list(setting: str) -> tuple[str, ...]:
-    """A setting that lists values, comma-separated (as the environment can give them)."""
-    return tuple(value.strip() for value in setting.split(",") if value.strip())
-
-
-def cors_origins(setting: str) -> tuple[str, ...]:
-    """``server.cors_origins``: origins (scheme://host[:port]), or ``*`` for every one."""
-    return tuple(origin.rstrip("/") for origin in comma_list(setting))
-
-
-async def open_store(config: dict[str, dict[str, Any]]) -> ChatStore:
+async def open_store(config: Config) -> ChatStore:
     return await ChatStore.open(
         config["database"]["path"], config["database"]["synchronous"], config["auth"]["account_cache_seconds"]
     )
@@ -247,12 +109,30 @@ def collect_fully_on_a_timer() -> PeriodicCallback:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, 1_000_000_000)
-    full = PeriodicCallback(gc.collect, FULL_COLLECTION_SECONDS * 1000)
+    full = PeriodicCallback(collect_fully, FULL_COLLECTION_SECONDS * 1000)
     full.start()
     return full
 
 
-async def serve(config: dict[str, dict[str, Any]]) -> None:
+def listen_for_scrapes(metrics_config: dict[str, Any]) -> HTTPServer:
+    """The Prometheus listener, apart from the public port (a proxy in front never reaches it)."""
+    metrics_server = HTTPServer(metrics_app())
+    host, port = metrics_config["host"], metrics_config["port"]
+    try:
+        metrics_server.listen(port, host)
+    except OSError as error:
+        raise SystemExit(f"cannot listen for metrics on {host}:{port}: {error.strerror} "
+                         f"(set metrics.port, or LEIDA_METRICS_PORT; 0 takes any free port)") from None
+    port = next(iter(metrics_server._sockets.values())).getsockname()[1]
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return metrics_server
+
+
+def collect_fully() -> None:
+    gc.collect()
+
+
+async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM, then answer held requests, let sends finish, and close."""
     server_config = config["server"]
     # The writer thread needs the GIL back after every commit; by default a busy
@@ -280,8 +160,14 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
         server.listen(server_config["port"], server_config["host"], backlog=LISTEN_BACKLOG)
     except OSError as error:
         await store.close()
-        raise SystemExit(f"cannot listen on {server_config['host']}:{server_config['port']}: {error.strerror}")
+        raise SystemExit(f"cannot listen on {server_config['host']}:{server_config['port']}: {error.strerror}") from None
     port = next(iter(server._sockets.values())).getsockname()[1]  # the real one when port = 0
+    try:
+        metrics_server = listen_for_scrapes(config["metrics"])
+    except SystemExit:
+        server.stop()
+        await store.close()
+        raise
     log.info(
         "leida-chat listening on http://%s:%d, database %s (open-file limit %d, %s loop)",
         server_config["host"], port, os.path.abspath(config["database"]["path"]), open_files,
@@ -303,6 +189,7 @@ async def serve(config: dict[str, dict[str, Any]]) -> None:
 
     log.info("stopping: answering held requests and finishing in-flight sends")
     server.stop()
+    metrics_server.stop()
     app.settings["inflight"].stopping = True
     store.waiters.close()
     if not await app.settings["inflight"].drained(server_config["shutdown_grace_seconds"]):
@@ -318,7 +205,7 @@ DEMO_DATABASE = "data/demo.db"
 DEMO_GREETING = "您好，我是王经理，很高兴为您服务。有什么可以帮您的吗？"
 
 
-async def seed_demo(config: dict[str, dict[str, Any]]) -> None:
+async def seed_demo(config: Config) -> None:
     """A radar user and three customers, each greeted once, unless the demo seeded them already.
 
     They are marked ``seeded_by_demo``: those are the only accounts whose tokens
@@ -350,7 +237,7 @@ def demo_urls(host: str, port: int) -> list[str]:
 # -- accounts -----------------------------------------------------------------
 
 
-async def add_account(config: dict[str, dict[str, Any]], kind: str, account_id: int | None, fields: dict[str, Any]) -> dict[str, Any]:
+async def add_account(config: Config, kind: str, account_id: int | None, fields: dict[str, Any]) -> dict[str, Any]:
     store = await open_store(config)
     try:
         save = store.save_radar_user if kind == "user" else store.save_customer
@@ -360,7 +247,7 @@ async def add_account(config: dict[str, dict[str, Any]], kind: str, account_id: 
     return {"id": saved_id, "token": token}
 
 
-async def demo_accounts(config: dict[str, dict[str, Any]], users: int, customers: int) -> dict[str, Any]:
+async def demo_accounts(config: Config, users: int, customers: int) -> dict[str, Any]:
     store = await open_store(config)
     try:
         user_tokens, customer_tokens = await store.add_demo_accounts(users, customers)
@@ -370,42 +257,6 @@ async def demo_accounts(config: dict[str, dict[str, Any]], users: int, customers
         "users": {str(i): token for i, token in user_tokens.items()},
         "customers": {str(i): token for i, token in customer_tokens.items()},
     }
-
-
-# -- backup -------------------------------------------------------------------
-
-
-def backup(database: Path, out: Path) -> dict[str, Any]:
-    """A consistent copy of ``database`` at ``out``, safe while the server is serving.
-
-    SQLite's online backup API copies every page in one step under one read
-    transaction, so the copy is the database as of one commit; in WAL mode the
-    server's writer goes on meanwhile. The copy is written beside ``out``,
-    checked with ``PRAGMA integrity_check``, and only then renamed into place,
-    so ``out`` is never a half-written file.
-    """
-    if not database.exists():
-        raise FileNotFoundError(f"no database at {database}")
-    out.parent.mkdir(parents=True, exist_ok=True)  # as demo-accounts does for its --json file
-    partial = out.with_name(out.name + ".partial")
-    partial.unlink(missing_ok=True)
-    source = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        copy = sqlite3.connect(partial)
-        try:
-            source.backup(copy)
-            (verdict,) = copy.execute("PRAGMA integrity_check").fetchone()
-            (messages,) = copy.execute("SELECT count(*) FROM message").fetchone()
-            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
-        finally:
-            copy.close()
-    finally:
-        source.close()
-    if verdict != "ok":
-        partial.unlink(missing_ok=True)
-        raise sqlite3.DatabaseError(f"the copy failed its integrity check: {verdict}")
-    partial.replace(out)
-    return {"backup": str(out), "messages": messages, "bytes": out.stat().st_size}
 
 
 # -- command line -------------------------------------------------------------
@@ -442,12 +293,12 @@ def _name(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leida_chat.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--config", type=Path, help=f"TOML config file (default: {DEFAULT_CONFIG.name} if present)")
+        sub.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml, else the checkout's, else built-in defaults)")
         sub.add_argument("--db", help="SQLite database path (overrides database.path)")
         return sub
 
@@ -490,16 +341,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def config_for(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    config = load_config(path)
+def config_for(args: argparse.Namespace) -> Config:
+    config = load_config(config_file(args.config))
     if args.db:
         config["database"]["path"] = args.db
     if getattr(args, "host", None):
         config["server"]["host"] = args.host
     if getattr(args, "port", None) is not None:
         config["server"]["port"] = args.port
-    _check(config)
+    check(config)
     return config
 
 
@@ -508,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_for(args)
     except ConfigError as error:
-        print(f"leida_chat.py: configuration error: {error}", file=sys.stderr)
+        print(f"{PROGRAM}: configuration error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config["log"]["level"].upper(),
@@ -546,10 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(add_account(config, kind, args.id, fields)), ensure_ascii=False))
         return 0
     except ValueError as error:  # e.g. a new account without --name
-        print(f"leida_chat.py {args.command}: {error}", file=sys.stderr)
+        print(f"{PROGRAM} {args.command}: {error}", file=sys.stderr)
         return 2
     except (OSError, sqlite3.Error, SchemaTooNew) as error:  # e.g. a database that cannot be opened
-        print(f"leida_chat.py {args.command}: {error}", file=sys.stderr)
+        print(f"{PROGRAM} {args.command}: {error}", file=sys.stderr)
         return 1
 
 

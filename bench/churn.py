@@ -22,7 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
-    ChatServer, Connection, cpu_percent, print_table, raise_open_file_limit, sample, signed_path,
+    ChatServer,
+    Connection,
+    cpu_percent,
+    print_table,
+    raise_open_file_limit,
+    sample,
+    signed_path,
 )
 
 CUSTOMER_GETMSG = "/zhugeleida/gongzhonghao/chat/getmsg/0"

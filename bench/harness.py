@@ -78,7 +78,7 @@ class ChatServer:
         self.dir = Path(tempfile.mkdtemp(prefix="leida-bench-"))
         self.db = self.dir / "bench.db"
         self.port = free_port()
-        self.env = {**os.environ, "LEIDA_LOG_ACCESS": "false",
+        self.env = {**os.environ, "LEIDA_LOG_ACCESS": "false", "LEIDA_METRICS_PORT": "0",
                     "LEIDA_LONGPOLL_MAX_WAITERS": str(customers + 1000), **(env or {})}
         self.python = python
         accounts_file = self.dir / "accounts.json"
@@ -92,7 +92,7 @@ class ChatServer:
         self.customers = {int(k): v for k, v in accounts["customers"].items()}
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "ChatServer":
+    def start(self) -> ChatServer:
         self.log = open(self.dir / "server.log", "w")
         self.process = subprocess.Popen(
             [self.python, str(ROOT / "leida_chat.py"), "serve", "--db", str(self.db),
@@ -119,7 +119,7 @@ class ChatServer:
         finally:
             self.log.close()
 
-    def __enter__(self) -> "ChatServer":
+    def __enter__(self) -> ChatServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -158,7 +158,7 @@ class Connection(asyncio.Protocol):
         self._lost = False
 
     @classmethod
-    async def open(cls, port: int, host: str = "127.0.0.1") -> "Connection":
+    async def open(cls, port: int, host: str = "127.0.0.1") -> Connection:
         _, connection = await asyncio.get_running_loop().create_connection(lambda: cls(f"{host}:{port}"), host, port)
         return connection
 

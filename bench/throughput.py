@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ChatServer, free_port, print_table, sample, cpu_percent, signed_path, wait_for_port  # noqa: E402
+from harness import ChatServer, cpu_percent, free_port, print_table, sample, signed_path, wait_for_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CUSTOMER_SEND = "/zhugeleida/gongzhonghao/chat/send_msg/0"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tornado.web import Application, StaticFileHandler
+from tornado.web import Application, RequestHandler, StaticFileHandler
 
 from storage import ChatStore
 
@@ -17,32 +17,45 @@ from .base import InFlight, NotFoundHandler, log_request
 from .connections import ChatHTTPServer
 from .demo import DemoAccountsHandler
 from .health import HealthHandler, ReadyHandler
+from .metrics import count_request, metrics_app, watch_held_requests
 from .openapi import OpenApiHandler
 from .settings import ApiSettings
 
 O_ID = r"(-?[0-9]{1,19})/?"
-STATIC = Path(__file__).resolve().parent.parent / "static"
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+#: each handler's route as the leida_requests metric labels it
+ROUTE_NAMES: dict[type, str] = {StaticFileHandler: "/static/", NotFoundHandler: "unmatched"}
 
 
 def routes(deps: dict[str, Any], demo: bool) -> list[tuple]:
     table = [
-        (rf"/zhugeleida/gongzhonghao/chat/send_msg/{O_ID}", customer.SendHandler),
-        (rf"/zhugeleida/gongzhonghao/chat/getmsg/{O_ID}", customer.GetMsgHandler),
-        (rf"/zhugeleida/gongzhonghao/chat/query_num/{O_ID}", customer.UnreadCountHandler),
-        (r"/zhugeleida/gongzhonghao/chat/?", customer.HistoryHandler),
-        (rf"/zhugeleida/qiyeweixin/chat/send_msg/{O_ID}", radar.SendHandler),
-        (rf"/zhugeleida/qiyeweixin/chat/getmsg/{O_ID}", radar.GetMsgHandler),
-        (rf"/zhugeleida/qiyeweixin/chat/query_num/{O_ID}", radar.UnreadCountHandler),
-        (r"/zhugeleida/qiyeweixin/chat/?", radar.HistoryHandler),
-        (r"/zhugeleida/qiyeweixin/contact/?", radar.ContactHandler),
-        (r"/openapi\.json", OpenApiHandler),
-        (r"/healthz", HealthHandler),
-        (r"/readyz", ReadyHandler),
+        # (the route's name, as metrics label it; its pattern; its handler)
+        ("/zhugeleida/gongzhonghao/chat/send_msg/{o_id}", rf"/zhugeleida/gongzhonghao/chat/send_msg/{O_ID}",
+         customer.SendHandler),
+        ("/zhugeleida/gongzhonghao/chat/getmsg/{o_id}", rf"/zhugeleida/gongzhonghao/chat/getmsg/{O_ID}",
+         customer.GetMsgHandler),
+        ("/zhugeleida/gongzhonghao/chat/query_num/{o_id}", rf"/zhugeleida/gongzhonghao/chat/query_num/{O_ID}",
+         customer.UnreadCountHandler),
+        ("/zhugeleida/gongzhonghao/chat", r"/zhugeleida/gongzhonghao/chat/?", customer.HistoryHandler),
+        ("/zhugeleida/qiyeweixin/chat/send_msg/{o_id}", rf"/zhugeleida/qiyeweixin/chat/send_msg/{O_ID}",
+         radar.SendHandler),
+        ("/zhugeleida/qiyeweixin/chat/getmsg/{o_id}", rf"/zhugeleida/qiyeweixin/chat/getmsg/{O_ID}",
+         radar.GetMsgHandler),
+        ("/zhugeleida/qiyeweixin/chat/query_num/{o_id}", rf"/zhugeleida/qiyeweixin/chat/query_num/{O_ID}",
+         radar.UnreadCountHandler),
+        ("/zhugeleida/qiyeweixin/chat", r"/zhugeleida/qiyeweixin/chat/?", radar.HistoryHandler),
+        ("/zhugeleida/qiyeweixin/contact", r"/zhugeleida/qiyeweixin/contact/?", radar.ContactHandler),
+        ("/openapi.json", r"/openapi\.json", OpenApiHandler),
+        ("/healthz", r"/healthz", HealthHandler),
+        ("/readyz", r"/readyz", ReadyHandler),
     ]
     if demo:
-        table.append((r"/demo/accounts\.json", DemoAccountsHandler))
-    api = [(pattern, handler, deps) for pattern, handler in table]
-    # the browser client (static/leida-chat.js) is for every deployment; the demo pages only in demo mode
+        table.append(("/demo/accounts.json", r"/demo/accounts\.json", DemoAccountsHandler))
+    ROUTE_NAMES.update((handler, name) for name, _, handler in table)
+    api = [(pattern, handler, deps) for _, pattern, handler in table]
+    # the browser client (handlers/static/leida-chat.js) is for every deployment; the demo pages only in demo mode
     files = [(r"/static/(.*)", StaticFileHandler, {"path": str(STATIC)})]
     if demo:
         files.append((r"/demo/(.*\.html)", StaticFileHandler, {"path": str(STATIC / "demo")}))
@@ -57,17 +70,25 @@ def make_app(
     ``demo`` adds the demo pages and /demo/accounts.json (see handlers/demo.py).
     """
     deps = {"store": store, "settings": settings or ApiSettings(), "inflight": InFlight()}
+    watch_held_requests(store.waiters)
     return Application(
         routes(deps, demo),
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
-        log_function=log_request if access_log else _no_access_log,
+        log_function=_count_and_log if access_log else _count,
         inflight=deps["inflight"],
     )
 
 
-def _no_access_log(handler: Any) -> None:
-    """Access logging off (log.access = false): at thousands of requests a second it costs."""
+def _count(handler: RequestHandler) -> None:
+    """Every answer is counted by route and envelope code (leida_requests_total)."""
+    count_request(ROUTE_NAMES.get(type(handler), "other"), getattr(handler, "envelope_code", handler._status_code))
 
 
-__all__ = ["ApiSettings", "ChatHTTPServer", "make_app"]
+def _count_and_log(handler: RequestHandler) -> None:
+    """Counted, and a line in the access log (log.access; at thousands of requests a second it costs)."""
+    _count(handler)
+    log_request(handler)
+
+
+__all__ = ["ApiSettings", "ChatHTTPServer", "make_app", "metrics_app"]

@@ -23,6 +23,7 @@ from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from storage import ChatStore, Customer, RadarUser
+from storage.metrics import count_error
 
 from .errors import ApiFailure, InvalidParams, SignatureRejected
 from .params import INT64_MAX, Params
@@ -109,7 +110,7 @@ class InFlight:
     async def drained(self, timeout: float) -> bool:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -227,6 +228,7 @@ class ApiHandler(RequestHandler):
             if value.log_message:
                 app_log.warning("%d %s: %s", value.status_code, self._request_summary(), value.log_message)
             return
+        count_error("internal")
         app_log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger("leida_chat.http")
 class ChatHTTPServer(HTTPServer):
     """Tornado's HTTPServer with cheaper per-request deadlines (see module docstring)."""
 
-    def initialize(  # type: ignore[override]
+    def initialize(
         self, *args: Any, idle_connection_timeout: float | None = None, body_timeout: float | None = None,
         trusted_proxies: Sequence[str] = (), **kwargs: Any,
     ) -> None:
@@ -77,7 +77,7 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
 
     def __init__(
         self, delegate: httputil.HTTPMessageDelegate, connection: HTTP1Connection,
-        idle_timeout: float, body_timeout: float | None, trusted_proxies: "TrustedProxies | None" = None,
+        idle_timeout: float, body_timeout: float | None, trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self._delegate = delegate
         self._trusted_proxies = trusted_proxies

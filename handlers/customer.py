@@ -21,7 +21,7 @@ class CustomerHandler(SignedHandler):
     async def find_signer(self, account_id: int) -> Customer | None:
         return await self.store.customer(account_id)
 
-    def read_radar_user_id(self, params: Params) -> int | None:
+    def read_radar_user_id(self, params: Params) -> int:
         """``u_id``, plus the old clients' ``customer_id``, which may only name the signer."""
         user_id = params.account_id("u_id", required=True)
         claimed = params.account_id("customer_id")

@@ -31,5 +31,5 @@ class InvalidParams(ApiFailure):
         super().__init__(INVALID_PARAMS, "请求异常", errors)
 
     @classmethod
-    def one(cls, field: str, message: str, code: str = "invalid") -> "InvalidParams":
+    def one(cls, field: str, message: str, code: str = "invalid") -> InvalidParams:
         return cls({field: [{"message": message, "code": code}]})

@@ -10,14 +10,16 @@ committed between that read and the wait still wakes it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tornado.web import HTTPError
 
-from storage import FROM_CUSTOMER, SUPERSEDED, Message, Side, WaitKey, conversation_key, inbox_key
+from storage import FROM_CUSTOMER, SUPERSEDED, Handed, Message, Side, WaitKey, conversation_key, inbox_key
 
 from .base import SignedHandler
+from .metrics import DELIVERY_LATENCY, count_error
 from .params import Params
 
 
@@ -25,6 +27,8 @@ class LongPollHandler(SignedHandler):
     """getmsg, for either side: hold, deliver, mark delivered messages read."""
 
     _waiting: asyncio.Future | None = None
+    #: when the messages that woke this request were committed (perf_counter), if a commit woke it
+    _committed_at: float | None = None
 
     def read_poll(self, query: Params) -> tuple[float, int | None]:
         """``wait`` (capped) and the ``last_id`` resume cursor."""
@@ -67,6 +71,8 @@ class LongPollHandler(SignedHandler):
             "实时获取-最新聊天信息成功" if messages else "没有得到实时聊天信息",
             {"ret_data": [render(message) for message in messages], "data_count": len(messages)},
         )
+        if messages and self._committed_at is not None:
+            DELIVERY_LATENCY.observe(time.perf_counter() - self._committed_at)
 
     async def hold_until_new(
         self,
@@ -92,6 +98,7 @@ class LongPollHandler(SignedHandler):
                 if messages or remaining <= 0 or waiters.closed:
                     break
                 if len(waiters) > self.api.max_waiters:
+                    count_error("overloaded")
                     raise HTTPError(503, "longpoll.max_waiters reached")
                 waiters.hold(self.account_key, future, self.api.max_waiters_per_account)
                 # Awaited directly (not through asyncio.wait): one loop iteration
@@ -106,10 +113,12 @@ class LongPollHandler(SignedHandler):
                 if handed is SUPERSEDED:
                     messages = []
                     break
-                if handed is not None:
-                    messages = [message for message in handed if wanted(message)]
-                    if messages:
-                        break
+                if isinstance(handed, Handed):
+                    self._committed_at = handed.committed_at
+                    if handed.messages is not None:
+                        messages = [message for message in handed.messages if wanted(message)]
+                        if messages:
+                            break
             finally:
                 waiters.discard((key,), future, self.account_key)
                 self._waiting = None
@@ -118,7 +127,7 @@ class LongPollHandler(SignedHandler):
         return messages
 
     def client_gone(self) -> bool:
-        stream = self.request.connection.stream  # type: ignore[attr-defined]
+        stream = getattr(self.request.connection, "stream", None)  # an HTTP1Connection's; None once detached
         return stream is None or stream.closed()
 
     def on_connection_close(self) -> None:

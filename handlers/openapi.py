@@ -1,7 +1,8 @@
 """GET /openapi.json: the OpenAPI 3.1 document of the contract, unsigned.
 
-The document is ``openapi.json`` at the repository root, kept by hand beside
-CONTRACT.md and checked against the live server by ``tests/test_openapi.py``.
+The document is ``handlers/openapi.json`` (inside the package, so that an
+installed server has it too), kept by hand beside CONTRACT.md and checked
+against the live server by ``tests/test_openapi.py``.
 It is read once, on the first request, and served as stored. An ApiHandler,
 so that a wrong method (405) or a missing file (500) still gets the envelope.
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from .base import ApiHandler
 
-DOCUMENT_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
+DOCUMENT_PATH = Path(__file__).resolve().parent / "openapi.json"
 
 
 @cache

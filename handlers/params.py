@@ -7,6 +7,7 @@ sees every mistake in one response, in the original server's form-error shape:
 from __future__ import annotations
 
 import re
+from typing import Literal, overload
 
 from .errors import InvalidParams
 
@@ -39,18 +40,25 @@ class Params:
             self.fail(name, f"{name} is not valid UTF-8")
             return None
 
+    @overload
+    def text(self, name: str, *, required: Literal[True], max_length: int | None = None) -> str: ...
+    @overload
+    def text(self, name: str, *, required: bool = False, max_length: int | None = None) -> str | None: ...
+
     def text(self, name: str, *, required: bool = False, max_length: int | None = None) -> str | None:
+        """A required field that is missing or bad reads as "" (its failure recorded): check() raises
+        before a handler can use it, and the handler's types need no None it will never see."""
         value = self.raw(name)
         if value is None:
             if required and name not in self.errors:
                 self.fail(name, f"{name} is required", "required")
-            return None
+            return "" if required else None
         if "\x00" in value:
             self.fail(name, f"{name} must not contain NUL characters")
-            return None
+            return "" if required else None
         if max_length is not None and len(value) > max_length:
             self.fail(name, f"{name} must be at most {max_length} characters", "max_length")
-            return None
+            return "" if required else None
         return value
 
     def integer(
@@ -77,8 +85,15 @@ class Params:
             return None
         return number
 
+    @overload
+    def account_id(self, name: str, *, required: Literal[True]) -> int: ...
+    @overload
+    def account_id(self, name: str, *, required: bool = False) -> int | None: ...
+
     def account_id(self, name: str, *, required: bool = False) -> int | None:
-        return self.integer(name, required=required, minimum=1)
+        """A required id that is missing or bad reads as 0, never an account (see ``text``)."""
+        value = self.integer(name, required=required, minimum=1)
+        return 0 if value is None and required else value
 
     def seconds(self, name: str, *, default: float, cap: float) -> float:
         """A non-negative duration, silently capped (the contract caps ``wait``)."""

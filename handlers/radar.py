@@ -11,7 +11,6 @@ from .content import RADAR_USER_INFO_TYPES
 from .errors import InvalidParams
 from .items import contact_item, radar_item
 from .longpoll import LongPollHandler
-from .params import Params
 from .sending import SendMessageHandler
 
 
@@ -20,10 +19,6 @@ class RadarUserHandler(SignedHandler):
 
     async def find_signer(self, account_id: int) -> RadarUser | None:
         return await self.store.radar_user(account_id)
-
-    @staticmethod
-    def read_customer_id(params: Params, *, required: bool) -> int | None:
-        return params.account_id("customer_id", required=required)
 
     async def require_customer(self, customer_id: int | None) -> Customer | None:
         if customer_id is None:
@@ -45,7 +40,7 @@ class SendHandler(RadarUserHandler, SendMessageHandler):
 
     async def post(self, _o_id: str) -> None:
         form = self.form()
-        customer_id = self.read_customer_id(form, required=True)
+        customer_id = form.account_id("customer_id", required=True)
         content, client_msg_id = self.read_message(form)
         await self.require_customer(customer_id)
         await self.store_and_reply(customer_id, self.signer.id, content, client_msg_id)
@@ -56,7 +51,7 @@ class GetMsgHandler(RadarUserHandler, LongPollHandler):
 
     async def get(self, _o_id: str) -> None:
         query = self.query()
-        customer_id = self.read_customer_id(query, required=False)
+        customer_id = query.account_id("customer_id")
         wait, last_id = self.read_poll(query)
         query.check()
         await self.require_customer(customer_id)
@@ -68,7 +63,7 @@ class HistoryHandler(RadarUserHandler):
 
     async def get(self) -> None:
         query = self.query()
-        customer_id = self.read_customer_id(query, required=True)
+        customer_id = query.account_id("customer_id", required=True)
         offset, limit = query.page(max_length=self.api.history_max_length)
         query.check()
         await self.require_customer(customer_id)
@@ -84,7 +79,7 @@ class UnreadCountHandler(RadarUserHandler):
 
     async def get(self, _o_id: str) -> None:
         query = self.query()
-        customer_id = self.read_customer_id(query, required=False)
+        customer_id = query.account_id("customer_id")
         query.check()
         await self.require_customer(customer_id)
         count = await self.store.unread_count(Side.RADAR_USER, self.signer.id, customer_id)

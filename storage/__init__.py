@@ -14,11 +14,11 @@ from .records import (
     Side,
 )
 from .store import ChatStore, local_timestamp
-from .waiters import SUPERSEDED, WaitKey, Waiters, conversation_key, inbox_key
+from .waiters import SUPERSEDED, Handed, Waiters, WaitKey, conversation_key, inbox_key
 from .writer import DatabaseLocked, StorageFailing, WriterClosed
 
 __all__ = [
-    "FROM_CUSTOMER", "FROM_RADAR_USER", "ChatStore", "Contact", "Customer", "DatabaseLocked", "HistoryPage",
+    "FROM_CUSTOMER", "FROM_RADAR_USER", "ChatStore", "Contact", "Customer", "DatabaseLocked", "Handed", "HistoryPage",
     "Message", "RadarUser", "SUPERSEDED", "SendReceipt", "Side", "StorageFailing", "WaitKey", "Waiters", "WriterClosed",
     "conversation_key", "inbox_key", "local_timestamp",
 ]

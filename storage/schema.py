@@ -109,7 +109,7 @@ class SchemaTooNew(RuntimeError):
 async def migrate(conn: aiosqlite.Connection) -> int:
     """Bring the database to SCHEMA_VERSION; each step commits on its own."""
     async with conn.execute("PRAGMA user_version") as cursor:
-        (version,) = await cursor.fetchone()
+        (version,) = await cursor.fetchone() or (0,)  # a PRAGMA always answers one row
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(
             f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"

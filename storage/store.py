@@ -19,11 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 import ujson
 
+from .accounts import AccountCache
+from .metrics import MESSAGES_FROM_CUSTOMERS, MESSAGES_FROM_RADAR_USERS, count_error
 from .records import (
     FROM_CUSTOMER,
     FROM_RADAR_USER,
@@ -35,7 +37,6 @@ from .records import (
     SendReceipt,
     Side,
 )
-from .accounts import AccountCache
 from .schema import migrate
 from .waiters import Waiters
 from .writer import StorageFailing, Writer
@@ -123,7 +124,7 @@ class ChatStore:
     @classmethod
     async def open(
         cls, path: str | Path, synchronous: str = "FULL", account_cache_seconds: float = 5.0
-    ) -> "ChatStore":
+    ) -> ChatStore:
         """Open (creating and migrating if needed) the database at ``path``."""
         synchronous = synchronous.upper()
         if synchronous not in SYNCHRONOUS_MODES:
@@ -191,6 +192,11 @@ class ChatStore:
     async def _one(self, sql: str, params: Iterable[Any]) -> tuple | None:
         rows = await self._all(sql, params)
         return rows[0] if rows else None
+
+    async def _aggregate(self, sql: str, params: Iterable[Any]) -> tuple:
+        """The row of a query that aggregates (count, max): it always has exactly one."""
+        (row,) = await self._all(sql, params)
+        return row
 
     async def _messages(
         self, where: str, params: Iterable[Any], source: str = _MESSAGE_FROM
@@ -294,7 +300,7 @@ class ChatStore:
                 row["id"] = account_id
             placeholders = ", ".join("?" for _ in row)
             cur = conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({placeholders})", tuple(row.values()))
-            return cur.lastrowid, row["token"]
+            return cast(int, cur.lastrowid), row["token"]  # an INSERT always sets lastrowid
 
         return await self._writer.run(op)
 
@@ -340,14 +346,17 @@ class ChatStore:
     def _wake_waiters(self, committed: list[tuple[Any, Any, Any]]) -> None:
         """Right after COMMIT: hand the new messages to whoever waits for them,
         so that a woken request need not read them back."""
+        stored = [(sent, result) for apply, sent, result in committed
+                  if apply is _insert_messages and not result[0].duplicate]
+        for sent, _ in stored:
+            (MESSAGES_FROM_CUSTOMERS if sent.send_type == FROM_CUSTOMER else MESSAGES_FROM_RADAR_USERS).inc()
         self.waiters.notify(
             (sent.customer_id, sent.user_id, self._as_message(sent, *result))
-            for apply, sent, result in committed
-            if apply is _insert_messages and not result[0].duplicate
-            and self.waiters.awaited(sent.customer_id, sent.user_id)
+            for sent, result in stored
+            if self.waiters.awaited(sent.customer_id, sent.user_id)
         )
 
-    def _as_message(self, sent: "_Outgoing", receipt: SendReceipt, is_first_info: bool) -> Message | None:
+    def _as_message(self, sent: _Outgoing, receipt: SendReceipt, is_first_info: bool) -> Message | None:
         """The just-committed message as a read would return it (None if its accounts vanished)."""
         customer = self._customer_now(sent.customer_id)
         user = self._radar_user_now(sent.user_id)
@@ -404,8 +413,8 @@ class ChatStore:
             params: tuple = (customer_id, user_id, FROM_RADAR_USER)
         else:
             where, params = self._radar_unread_filter(user_id, customer_id)
-        row = await self._one(f"SELECT count(*) {_MESSAGE_FROM} WHERE {where}", params)
-        return row[0]
+        (count,) = await self._aggregate(f"SELECT count(*) {_MESSAGE_FROM} WHERE {where}", params)
+        return count
 
     @staticmethod
     def _radar_unread_filter(user_id: int, customer_id: int | None) -> tuple[str, tuple]:
@@ -452,6 +461,7 @@ class ChatStore:
                         del self._unsettled_marks[user_id]
             error = None if done.cancelled() else done.exception()
             if error is not None and not isinstance(error, StorageFailing):  # that one the writer logs
+                count_error("read_positions")
                 log.error("could not save read positions", exc_info=error)
 
         mark.add_done_callback(settled)
@@ -472,7 +482,7 @@ class ChatStore:
         Opening the history marks the whole conversation read for ``side``.
         """
         await self._marks_settled(user_id)
-        row = await self._one(
+        row = await self._aggregate(
             f"SELECT count(*), COALESCE(MAX(id), 0), "
             f"(SELECT {side.value} FROM conversation WHERE customer_id = ? AND user_id = ?)"
             " FROM message WHERE customer_id = ? AND user_id = ?",
@@ -493,7 +503,7 @@ class ChatStore:
     async def contacts(self, user_id: int, offset: int, limit: int) -> tuple[list[Contact], int]:
         """The radar user's conversations, most recent activity first."""
         await self._marks_settled(user_id)
-        (total,) = await self._one("SELECT count(*) FROM conversation WHERE user_id = ?", (user_id,))
+        (total,) = await self._aggregate("SELECT count(*) FROM conversation WHERE user_id = ?", (user_id,))
         rows = await self._all(
             f"SELECT {_MESSAGE_COLUMNS},"
             " (SELECT count(*) FROM message x WHERE x.customer_id = c.customer_id"

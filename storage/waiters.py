@@ -3,17 +3,18 @@
 A held getmsg registers a future under one key: its conversation, or a radar
 user's whole inbox. A committed message resolves only the futures under its own
 two keys, so a send costs the same whether ten or ten thousand other requests
-are held. The future's result is the list of messages of that key committed in
-one transaction (the writer hands them over as soon as COMMIT returns, before
-it answers the senders), so a woken request need not read them back; ``None``
-means "look for yourself" (the server is stopping, a message could not be
-built, or the wait timed out).
+are held. The future's result is a ``Handed``: the messages of that key
+committed in one transaction (the writer hands them over as soon as COMMIT
+returns, before it answers the senders), so a woken request need not read them
+back, and when they were committed, for the delivery-latency metric. ``None``
+means "look for yourself" (the server is stopping, or the wait timed out).
 """
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .records import Message
@@ -22,6 +23,15 @@ WaitKey = tuple
 
 #: what a held request is handed when a newer one of the same account took its place
 SUPERSEDED = "superseded"
+
+
+class Handed(NamedTuple):
+    """What a commit hands a held request."""
+
+    #: ``time.perf_counter()`` just after COMMIT returned
+    committed_at: float
+    #: the new messages of the request's key; None if one could not be built (read them instead)
+    messages: list[Message] | None
 
 
 def conversation_key(customer_id: int, user_id: int) -> WaitKey:
@@ -89,16 +99,18 @@ class Waiters:
         """Whether anyone waits for this conversation (itself or its radar user's inbox)."""
         return conversation_key(customer_id, user_id) in self._by_key or inbox_key(user_id) in self._by_key
 
-    def notify(self, committed: Iterable[tuple[int, int, "Message | None"]]) -> None:
+    def notify(self, committed: Iterable[tuple[int, int, Message | None]]) -> None:
         """Messages (customer_id, user_id, message) were committed together: wake the
         waiters of their conversations and of their radar users' inboxes."""
-        news: dict[WaitKey, list["Message | None"]] = {}
+        news: dict[WaitKey, list[Message | None]] = {}
         for customer_id, user_id, message in committed:
             for key in (conversation_key(customer_id, user_id), inbox_key(user_id)):
                 if key in self._by_key:
                     news.setdefault(key, []).append(message)
+        committed_at = time.perf_counter()
         for key, messages in news.items():
-            payload = None if any(message is None for message in messages) else messages
+            built = [message for message in messages if message is not None]
+            payload = Handed(committed_at, built if len(built) == len(messages) else None)
             for future in self._by_key.pop(key, ()):
                 if not future.done():
                     future.set_result(payload)

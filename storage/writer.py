@@ -23,10 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
+
+from .metrics import COMMIT_BATCH_SIZE, COMMIT_DURATION, count_error
 
 log = logging.getLogger("leida_chat.storage")
 
@@ -183,6 +186,7 @@ class Writer:
     def _storage_failed(self, failing: StorageFailing) -> None:
         """One warning when the disk starts failing, then one a minute while it lasts."""
         self.storage_failing = failing
+        count_error("storage_full" if failing.full else "storage_io")
         self._storage_failures += 1
         now = asyncio.get_running_loop().time()
         if self._storage_warned_at is None or now - self._storage_warned_at >= STORAGE_WARNING_SECONDS:
@@ -201,20 +205,25 @@ class Writer:
         self.changes += len(batch)
         if self._after_commit is not None:
             try:
-                self._after_commit([(apply, item, result) for (apply, item, _), result in zip(batch, results)])
+                self._after_commit([(apply, item, result) for (apply, item, _), result in zip(batch, results, strict=True)])
             except Exception:  # the changes are durable whatever a listener does
+                count_error("after_commit")
                 log.exception("after-commit handling failed")
-        for (_, _, future), result in zip(batch, results):
+        for (_, _, future), result in zip(batch, results, strict=True):
             _settle(future, result=result)
 
     async def _transaction(self, batch: Batch) -> list[Any]:
         """Every change of ``batch``, then COMMIT, or nothing."""
+        started = time.perf_counter()
         conn = self._conn._conn
         changes = [(apply, item) for apply, item, _ in batch]
-        if not _begin_without_waiting(conn):
-            return await self._in_thread(_locked_transaction, conn, changes)
-        results = _apply_or_roll_back(conn, changes)
-        await self._in_thread(_commit, conn)
+        if _begin_without_waiting(conn):
+            results = _apply_or_roll_back(conn, changes)
+            await self._in_thread(_commit, conn)
+        else:
+            results = await self._in_thread(_locked_transaction, conn, changes)
+        COMMIT_DURATION.observe(time.perf_counter() - started)
+        COMMIT_BATCH_SIZE.observe(len(batch))
         return results
 
     async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
@@ -245,7 +254,7 @@ def _apply_changes(conn: sqlite3.Connection, changes: list[tuple[ApplyMany, Any]
         groups.setdefault(apply, []).append(index)
     results: list[Any] = [None] * len(changes)
     for apply, indexes in groups.items():
-        for index, outcome in zip(indexes, apply(conn, [changes[i][1] for i in indexes])):
+        for index, outcome in zip(indexes, apply(conn, [changes[i][1] for i in indexes]), strict=True):
             results[index] = outcome
     return results
 
@@ -266,6 +275,7 @@ def _locked_transaction(conn: sqlite3.Connection, changes: list[tuple[ApplyMany,
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as error:
         if error.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            count_error("database_locked")
             raise DatabaseLocked(f"another process held the write lock for {LOCK_WAIT_MS} ms") from None
         raise
     finally:

@@ -35,30 +35,37 @@ CUSTOMER = "/zhugeleida/gongzhonghao"
 RADAR = "/zhugeleida/qiyeweixin"
 HEX32 = re.compile(r"[0-9a-f]{32}")
 STARTUP = re.compile(r"listening on http://(?P<host>[0-9.]+):(?P<port>\d+), database (?P<db>.+?) \(")
+METRICS = re.compile(r"metrics on http://(?P<host>[0-9.]+):(?P<port>\d+)/metrics")
 
 
 # -- helpers ------------------------------------------------------------------
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any LEIDA_* setting leaking in from outside."""
+    """The test's environment without any LEIDA_* setting leaking in from outside.
+
+    The metrics listener takes any free port, so that servers of parallel tests never collide on 9480.
+    """
     env = {name: value for name, value in os.environ.items() if not name.upper().startswith("LEIDA_")}
+    env["LEIDA_METRICS_PORT"] = "0"
     env.update(extra)
     return env
 
 
 def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None,
-            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+            timeout: float = CLI_TIMEOUT, program: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``program`` runs instead of this checkout's leida_chat.py (an installed ``leida-chat``)."""
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        [*(program or [sys.executable, str(SCRIPT)]), *args],
         cwd=cwd, env=env if env is not None else clean_env(),
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
     )
 
 
-def cli_account(cwd: Path, command: str, *args: str, env: dict[str, str] | None = None) -> Account:
+def cli_account(cwd: Path, command: str, *args: str, env: dict[str, str] | None = None,
+                program: list[str] | None = None) -> Account:
     """Run add-user / add-customer, check it printed exactly one JSON line, return the account."""
-    result = run_cli(cwd, command, *args, env=env)
+    result = run_cli(cwd, command, *args, env=env, program=program)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1, result.stdout
@@ -77,27 +84,32 @@ def free_port() -> int:
 class Server:
     """One ``leida_chat.py`` process; stdout and stderr go to one log file."""
 
-    def __init__(self, cwd: Path, args: list[str], env: dict[str, str] | None, name: str) -> None:
+    def __init__(self, cwd: Path, args: list[str], env: dict[str, str] | None, name: str,
+                 program: list[str] | None = None) -> None:
+        """``program`` runs instead of this checkout's leida_chat.py (an installed ``leida-chat``)."""
         self.cwd = cwd
         self.log_path = cwd / f"{name}.log"
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(SCRIPT), *args],
+            [*(program or [sys.executable, str(SCRIPT)]), *args],
             cwd=cwd, env=env if env is not None else clean_env(),
             stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
         )
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self.db: str | None = None
 
     def log(self) -> str:
         return self.log_path.read_bytes().decode("utf-8", "replace")
 
-    def wait_started(self, timeout: float = START_TIMEOUT) -> "Server":
+    def wait_started(self, timeout: float = START_TIMEOUT) -> Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = STARTUP.search(self.log())
             if match:
                 self.port, self.db = int(match["port"]), match["db"]
+                metrics = METRICS.search(self.log())
+                self.metrics_port = int(metrics["port"]) if metrics else None
                 return self
             if self.proc.poll() is not None:
                 pytest.fail(f"server exited with {self.proc.returncode} before listening:\n{self.log()}")
@@ -119,6 +131,18 @@ class Server:
         self._log_file.close()
 
     # -- HTTP ----------------------------------------------------------------
+
+    def raw_get(self, path: str) -> bytes:
+        """The body of an unsigned GET that must answer 200 (a file, not the envelope)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == 200, (path, response.status, body[:200])
+            return body
+        finally:
+            conn.close()
 
     def request(
         self, method: str, path: str, account: Account | None = None, *,

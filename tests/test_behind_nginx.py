@@ -12,7 +12,7 @@ import time
 from urllib.parse import urlencode
 
 from conftest import ROOT, sign
-from live import CUSTOMER, Background, cli_account, clean_env, serve_args
+from live import CUSTOMER, Background, clean_env, cli_account, serve_args
 from nginx import start_nginx  # noqa: F401  (fixture)
 
 CLIENT = "203.0.113.9"  # what an outer proxy reports the client as

@@ -132,7 +132,7 @@ def raw_exchange(port: int, data: bytes, read_timeout: float) -> bytes:
                 if not chunk:
                     break
                 chunks.append(chunk)
-        except socket.timeout:
+        except TimeoutError:
             chunks.append(b"<timeout>")
         return b"".join(chunks)
 

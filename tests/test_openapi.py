@@ -41,7 +41,7 @@ from conftest import Account, sign, text
 from live import Server, clean_env, cli_account
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENT = ROOT / "openapi.json"
+DOCUMENT = ROOT / "handlers" / "openapi.json"
 CUSTOMER = "/zhugeleida/gongzhonghao"
 RADAR = "/zhugeleida/qiyeweixin"
 

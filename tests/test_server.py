@@ -19,11 +19,18 @@ from urllib.parse import urlencode
 import pytest
 
 from conftest import Account, sign, text
-
 from live import (
-    CUSTOMER, HEX32, HTTP_TIMEOUT, RADAR, Background, clean_env, cli_account, free_port, run_cli, serve_args,
+    CUSTOMER,
+    HEX32,
+    HTTP_TIMEOUT,
+    RADAR,
+    Background,
+    clean_env,
+    cli_account,
+    free_port,
+    run_cli,
+    serve_args,
 )
-
 
 # -- 1. add-user ----------------------------------------------------------------
 
@@ -523,3 +530,19 @@ def test_full_garbage_collections_run_on_a_timer_not_on_allocation_counts(io_loo
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+def test_the_shipped_config_toml_says_what_the_defaults_are():
+    """An installed ``leida-chat`` runs on the built-in defaults and a checkout on
+    config.toml: they must be the same server."""
+    from leida_config import DEFAULTS, SHIPPED_CONFIG, load_config
+
+    assert load_config(SHIPPED_CONFIG, environ={}) == load_config(None, environ={}) == DEFAULTS
+
+
+def test_a_config_toml_in_the_working_directory_wins_over_the_shipped_one(tmp_path, start_server):
+    port = free_port()
+    (tmp_path / "config.toml").write_text(f'[server]\nport = {port}\n\n[database]\npath = "here.db"\n')
+    server = start_server(env=clean_env())
+    assert server.port == port and server.db == str(tmp_path / "here.db")
+    assert server.stop() == 0

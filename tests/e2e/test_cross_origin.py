@@ -2,7 +2,7 @@
 
 The page is served from a second port (another origin). It sends, long-polls
 and reads history, once with plain XMLHttpRequest as the old pages do and once
-with static/leida-chat.js; a server whose ``server.cors_origins`` does not list
+with handlers/static/leida-chat.js; a server whose ``server.cors_origins`` does not list
 the page's origin is refused by the browser and stores nothing.
 """
 from __future__ import annotations
@@ -11,14 +11,13 @@ import http.server
 import json
 import threading
 import time
-from functools import partial
 from urllib.parse import urlencode
 
 import pytest
+from test_demo_pages import CHROMIUM, CHROMIUM_ARGS, sync_api  # noqa: F401  (skips without Chromium)
 
 from conftest import sign
-from live import cli_account, clean_env, serve_args
-from test_demo_pages import CHROMIUM, CHROMIUM_ARGS, sync_api  # noqa: F401  (skips without Chromium)
+from live import clean_env, cli_account, serve_args
 
 PAGE_HTML = b"<!doctype html><meta charset=utf-8><title>H5</title><body>H5 page on its own origin</body>"
 

@@ -1,0 +1,177 @@
+"""Configuration: every setting, its default, and where it may come from.
+
+Settings come from ``config.toml``, then ``LEIDA_<SECTION>_<KEY>`` environment
+variables, then command-line flags (applied by leida_chat.py), each overriding
+the one before. Unknown keys and wrong types stop the server with a message
+that names the setting: a typo must not be taken silently for a default.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+#: the file a checkout ships, used when the working directory has no config.toml of its own
+SHIPPED_CONFIG = Path(__file__).resolve().parent / "config.toml"
+
+Config = dict[str, dict[str, Any]]
+
+#: Every setting and its default; the config file and environment may set only these.
+DEFAULTS: Config = {
+    # top-level keys (no [section]); demo = true serves /demo/ pages and hands out the
+    # demo-seeded accounts' tokens to this machine: `leida_chat.py demo` turns it on
+    "": {"demo": False},
+    "server": {
+        "host": "127.0.0.1",
+        "port": 8000,
+        "max_body_bytes": 64 * 1024,
+        "max_header_bytes": 16 * 1024,
+        "idle_connection_timeout": 120.0,
+        "body_timeout": 30.0,
+        "shutdown_grace_seconds": 5.0,
+        "event_loop": "auto",
+        "cors_origins": "*",
+        "trusted_proxies": "",
+    },
+    "database": {"path": "data/leida_chat.db", "synchronous": "FULL"},
+    "auth": {"max_skew_seconds": 900.0, "account_cache_seconds": 5.0},
+    "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200, "max_waiters": 10000,
+                 "max_waiters_per_account": 8},
+    "limits": {"msg_max_chars": 5000, "content_max_bytes": 16 * 1024, "history_max_length": 100},
+    "log": {"level": "INFO", "access": True},
+    # Prometheus metrics, on a listener of their own (never the public port): 9480 sits in
+    # the range Prometheus exporters use (9100-9999), clear of the ports its wiki lists as
+    # taken, and fixed so that a scrape config is written once; 0 takes any free port (logged).
+    "metrics": {"host": "127.0.0.1", "port": 9480},
+}
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has the wrong type; the message names it."""
+
+
+def env_name(section: str, key: str) -> str:
+    return f"LEIDA_{section}_{key}".upper() if section else f"LEIDA_{key}".upper()
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default``, accepting strings (from the environment)."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in ("1", "true", "yes", "on"):
+                return True
+            if word in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}") from None
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults, overlaid by the TOML file at ``path`` (if any), then by the environment."""
+    environ = os.environ if environ is None else environ
+    config = {section: dict(values) for section, values in DEFAULTS.items()}
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                loaded = tomllib.load(file)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {path}: {error}") from None
+        top_level = {key: value for key, value in loaded.items() if not isinstance(value, dict)}
+        for section, values in [("", top_level), *((k, v) for k, v in loaded.items() if isinstance(v, dict))]:
+            if section not in DEFAULTS:
+                raise ConfigError(f"unknown config section [{section}] in {path}")
+            for key, value in values.items():
+                name = f"{section}.{key}" if section else key
+                if key not in DEFAULTS[section]:
+                    raise ConfigError(f"unknown setting {name} in {path}")
+                config[section][key] = _coerce(name, value, DEFAULTS[section][key])
+    for section, values in DEFAULTS.items():
+        for key, default in values.items():
+            name = env_name(section, key)
+            if name in environ:
+                config[section][key] = _coerce(name, environ[name], default)
+    check(config)
+    return config
+
+
+def check(config: Config) -> None:
+    server, longpoll, limits = config["server"], config["longpoll"], config["limits"]
+    for name, port in (("server.port", server["port"]), ("metrics.port", config["metrics"]["port"])):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name} must be between 0 and 65535")
+    if longpoll["timeout"] < 0 or longpoll["max_timeout"] <= 0:
+        raise ConfigError("longpoll.timeout and longpoll.max_timeout must be positive")
+    if config["auth"]["max_skew_seconds"] < 0:
+        raise ConfigError("auth.max_skew_seconds must be 0 (off) or positive")
+    if config["auth"]["account_cache_seconds"] < 0:
+        raise ConfigError("auth.account_cache_seconds must be 0 (no cache) or positive")
+    for name in ("idle_connection_timeout", "body_timeout"):
+        if server[name] <= 0:  # a deadline of 0 or less would close every connection at once
+            raise ConfigError(f"server.{name} must be positive")
+    if server["shutdown_grace_seconds"] < 0:
+        raise ConfigError("server.shutdown_grace_seconds must be 0 or positive")
+    for name, value in [("server.max_body_bytes", server["max_body_bytes"]),
+                        ("server.max_header_bytes", server["max_header_bytes"]), ("longpoll.max_items", longpoll["max_items"]),
+                        ("longpoll.max_waiters", longpoll["max_waiters"]),
+                        ("longpoll.max_waiters_per_account", longpoll["max_waiters_per_account"]),
+                        *((f"limits.{key}", value) for key, value in limits.items())]:
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    for origin in cors_origins(server["cors_origins"]):
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(f"server.cors_origins: {origin!r} is not * or an origin like https://h5.example.com")
+    for proxy in comma_list(server["trusted_proxies"]):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies: {proxy!r} is not an address or a CIDR network") from None
+    if server["event_loop"] not in ("auto", "asyncio", "uvloop"):
+        raise ConfigError("server.event_loop must be auto, asyncio or uvloop")
+    if config["database"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError("database.synchronous must be OFF, NORMAL, FULL or EXTRA")
+    if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):
+        raise ConfigError("log.level must be DEBUG, INFO, WARNING or ERROR")
+
+
+def comma_list(setting: str) -> tuple[str, ...]:
+    """A setting that lists values, comma-separated (as the environment can give them)."""
+    return tuple(value.strip() for value in setting.split(",") if value.strip())
+
+
+def cors_origins(setting: str) -> tuple[str, ...]:
+    """``server.cors_origins``: origins (scheme://host[:port]), or ``*`` for every one."""
+    return tuple(origin.rstrip("/") for origin in comma_list(setting))
+
+
+def config_file(explicit: Path | None) -> Path | None:
+    """``--config``, else ``config.toml`` in the working directory, else the one
+    beside this module (a checkout), else none: the defaults, which an installed
+    ``leida-chat`` runs on."""
+    if explicit is not None:
+        return explicit
+    for candidate in (Path("config.toml"), SHIPPED_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
