@@ -97,6 +97,14 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE radar_user ADD COLUMN seeded_by_demo INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE customer ADD COLUMN seeded_by_demo INTEGER NOT NULL DEFAULT 0;
     """,
+    5: """
+    -- one row that /readyz rewrites while the disk is full: as large as the largest
+    -- send, so that "ready" means a send fits, not merely a one-page write
+    CREATE TABLE disk_probe (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        filler BLOB NOT NULL
+    );
+    """,
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

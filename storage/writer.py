@@ -197,9 +197,9 @@ class Writer:
 
     def _committed(self, batch: Batch, results: list[Any]) -> None:
         if self.storage_failing is not None:
+            # the warning's minute is kept: a disk on the edge must not log a line per commit
             log.warning("storage writable again: commits succeed")
             self.storage_failing = None
-            self._storage_warned_at = None
             self._storage_failures = 0
         self.commits += 1
         self.changes += len(batch)

@@ -89,3 +89,27 @@ def test_a_full_disk_is_a_503_and_nothing_acknowledged_is_lost(tmp_path, small_d
     assert "storage writable again" in log
     stored = {row[0] for row in sqlite3.connect(db).execute("SELECT id FROM message")}
     assert set(acknowledged) <= stored and after["data"]["id"] in stored
+
+
+def test_a_disk_full_from_the_start_is_not_ready_until_a_send_fits(tmp_path, small_disk, start_server):
+    """Filled before any send: a one-page write may still fit where a send does not, so
+    /readyz must probe with a send's size, or it says ready while every send gets 503
+    (and the log flaps between "full" and "writable again")."""
+    db = str(small_disk / "chat.db")
+    user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理")
+    customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "客户")
+    server = start_server(*serve_args(tmp_path)[:2], db, *serve_args(tmp_path)[3:])
+    fill(small_disk)
+    content = f'{{"info_type": 1, "msg": "{"x" * 3000}"}}'
+    for _ in range(5):
+        status, body = server.request("POST", f"{CUSTOMER}/chat/send_msg/0", customer,
+                                      form={"u_id": user.id, "content": content})
+        assert status == 503 and "storage is full" in body["msg"]
+        status, ready = server.request("GET", "/readyz")
+        assert status == 503 and "storage is full" in ready["data"]["reason"]
+    os.remove(small_disk / "filler")
+    assert server.request("GET", "/readyz")[0] == 200
+    assert server.customer_send(customer, user.id, {"info_type": 1, "msg": "x" * 3000})["code"] == 200
+    assert server.stop() == 0
+    log = server.log()
+    assert log.count("storage is full: ") == 1 and log.count("storage writable again") == 1, log
