@@ -122,7 +122,7 @@ def listen_for_scrapes(metrics_config: dict[str, Any]) -> HTTPServer:
         metrics_server.listen(port, host)
     except OSError as error:
         raise SystemExit(f"cannot listen for metrics on {host}:{port}: {error.strerror} "
-                         f"(set metrics.port, or LEIDA_METRICS_PORT; 0 takes any free port)") from None
+                         f"(metrics.host / LEIDA_METRICS_HOST, metrics.port / LEIDA_METRICS_PORT; port 0 takes any free one)") from None
     port = next(iter(metrics_server._sockets.values())).getsockname()[1]
     log.info("metrics on http://%s:%d/metrics", host, port)
     return metrics_server
