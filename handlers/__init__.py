@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +31,37 @@ ROUTE_NAMES: dict[type, str] = {StaticFileHandler: "/static/", NotFoundHandler: 
 
 
 def routes(deps: dict[str, Any], demo: bool) -> list[tuple]:
-    table = [
-        # (the route's name, as metrics label it; its pattern; its handler)
-        ("/zhugeleida/gongzhonghao/chat/send_msg/{o_id}", rf"/zhugeleida/gongzhonghao/chat/send_msg/{O_ID}",
-         customer.SendHandler),
-        ("/zhugeleida/gongzhonghao/chat/getmsg/{o_id}", rf"/zhugeleida/gongzhonghao/chat/getmsg/{O_ID}",
-         customer.GetMsgHandler),
-        ("/zhugeleida/gongzhonghao/chat/query_num/{o_id}", rf"/zhugeleida/gongzhonghao/chat/query_num/{O_ID}",
-         customer.UnreadCountHandler),
-        ("/zhugeleida/gongzhonghao/chat", r"/zhugeleida/gongzhonghao/chat/?", customer.HistoryHandler),
-        ("/zhugeleida/qiyeweixin/chat/send_msg/{o_id}", rf"/zhugeleida/qiyeweixin/chat/send_msg/{O_ID}",
-         radar.SendHandler),
-        ("/zhugeleida/qiyeweixin/chat/getmsg/{o_id}", rf"/zhugeleida/qiyeweixin/chat/getmsg/{O_ID}",
-         radar.GetMsgHandler),
-        ("/zhugeleida/qiyeweixin/chat/query_num/{o_id}", rf"/zhugeleida/qiyeweixin/chat/query_num/{O_ID}",
-         radar.UnreadCountHandler),
-        ("/zhugeleida/qiyeweixin/chat", r"/zhugeleida/qiyeweixin/chat/?", radar.HistoryHandler),
-        ("/zhugeleida/qiyeweixin/contact", r"/zhugeleida/qiyeweixin/contact/?", radar.ContactHandler),
-        ("/openapi.json", r"/openapi\.json", OpenApiHandler),
-        ("/healthz", r"/healthz", HealthHandler),
-        ("/readyz", r"/readyz", ReadyHandler),
+    table = [  # (the route, as metrics name it, and its handler)
+        ("/zhugeleida/gongzhonghao/chat/send_msg/{o_id}", customer.SendHandler),
+        ("/zhugeleida/gongzhonghao/chat/getmsg/{o_id}", customer.GetMsgHandler),
+        ("/zhugeleida/gongzhonghao/chat/query_num/{o_id}", customer.UnreadCountHandler),
+        ("/zhugeleida/gongzhonghao/chat", customer.HistoryHandler),
+        ("/zhugeleida/qiyeweixin/chat/send_msg/{o_id}", radar.SendHandler),
+        ("/zhugeleida/qiyeweixin/chat/getmsg/{o_id}", radar.GetMsgHandler),
+        ("/zhugeleida/qiyeweixin/chat/query_num/{o_id}", radar.UnreadCountHandler),
+        ("/zhugeleida/qiyeweixin/chat", radar.HistoryHandler),
+        ("/zhugeleida/qiyeweixin/contact", radar.ContactHandler),
+        ("/openapi.json", OpenApiHandler),
+        ("/healthz", HealthHandler),
+        ("/readyz", ReadyHandler),
     ]
     if demo:
-        table.append(("/demo/accounts.json", r"/demo/accounts\.json", DemoAccountsHandler))
-    ROUTE_NAMES.update((handler, name) for name, _, handler in table)
-    api = [(pattern, handler, deps) for _, pattern, handler in table]
+        table.append(("/demo/accounts.json", DemoAccountsHandler))
+    ROUTE_NAMES.update((handler, name) for name, handler in table)
+    api = [(pattern(name), handler, deps) for name, handler in table]
     # the browser client (handlers/static/leida-chat.js) is for every deployment; the demo pages only in demo mode
     files = [(r"/static/(.*)", StaticFileHandler, {"path": str(STATIC)})]
     if demo:
         files.append((r"/demo/(.*\.html)", StaticFileHandler, {"path": str(STATIC / "demo")}))
     return api + files
+
+
+def pattern(route: str) -> str:
+    """The URL pattern of a route: ``{o_id}`` is any integer, and the contract's routes
+    without one take an optional trailing slash, as the original server's did."""
+    if "/{o_id}" in route:
+        return re.escape(route.removesuffix("/{o_id}")) + "/" + O_ID
+    return re.escape(route) + ("/?" if route.startswith("/zhugeleida/") else "")
 
 
 def make_app(

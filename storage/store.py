@@ -348,8 +348,11 @@ class ChatStore:
         so that a woken request need not read them back."""
         stored = [(sent, result) for apply, sent, result in committed
                   if apply is _insert_messages and not result[0].duplicate]
-        for sent, _ in stored:
-            (MESSAGES_FROM_CUSTOMERS if sent.send_type == FROM_CUSTOMER else MESSAGES_FROM_RADAR_USERS).inc()
+        from_customers = sum(1 for sent, _ in stored if sent.send_type == FROM_CUSTOMER)
+        if from_customers:  # one increment per commit and side, not per message
+            MESSAGES_FROM_CUSTOMERS.inc(from_customers)
+        if len(stored) > from_customers:
+            MESSAGES_FROM_RADAR_USERS.inc(len(stored) - from_customers)
         self.waiters.notify(
             (sent.customer_id, sent.user_id, self._as_message(sent, *result))
             for sent, result in stored
