@@ -22,7 +22,7 @@ import ujson
 from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from storage import ChatStore, Customer, RadarUser
+from storage import ChatStore, Customer, RadarUser, StorageFailing
 from storage.metrics import count_error
 
 from .errors import ApiFailure, InvalidParams, SignatureRejected
@@ -211,6 +211,10 @@ class ApiHandler(RequestHandler):
         if isinstance(error, ApiFailure):
             self.reply(error.msg, error.data, code=error.code)
             return
+        if isinstance(error, StorageFailing):  # a full disk, or the database out of reach: nothing was stored
+            status_code = 503
+            self.set_status(503, reason=f"{error}: retry later")
+            error = HTTPError(503, reason=f"{error}: retry later")
         if status_code == 503:
             self.set_header("Retry-After", RETRY_AFTER_SECONDS)
         reason = (error.reason if isinstance(error, HTTPError) and error.reason else None) or \
@@ -222,7 +226,7 @@ class ApiHandler(RequestHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """Tornado's default also logs repr(request), whose URI carries rand_str."""
-        if isinstance(value, ApiFailure):
+        if isinstance(value, (ApiFailure, StorageFailing)):  # the writer logs storage, once a minute
             return
         if isinstance(value, HTTPError):
             if value.log_message:

@@ -5,7 +5,7 @@ from typing import Any
 
 from tornado.web import HTTPError
 
-from storage import DatabaseLocked, Side, StorageFailing
+from storage import DatabaseLocked, Side
 
 from .base import SignedHandler
 from .content import parse_content
@@ -41,14 +41,12 @@ class SendMessageHandler(SignedHandler):
     ) -> None:
         """Answer only once the message is durable: a 200 is a promise it will not be lost.
 
-        A database locked by another process for too long, or a full or failing
-        disk, is a 503 with Retry-After: nothing was stored, and the client may
-        simply send again (the writer logs the disk, once a minute).
+        A database locked by another process for too long is a 503 with
+        Retry-After, as is storage that is failing (ApiHandler.write_error):
+        nothing was stored, and the client may simply send again.
         """
         try:
             receipt = await self.store.send(customer_id, user_id, self.side.send_type, content, client_msg_id)
         except DatabaseLocked as error:
             raise HTTPError(503, str(error)) from None
-        except StorageFailing as error:
-            raise HTTPError(503, reason=f"{error}: retry later") from None
         self.reply(self.success_msg, {"id": receipt.id, "dateTime": receipt.created_at})

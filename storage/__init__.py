@@ -1,10 +1,12 @@
 """Storage: everything leida-chat keeps, and the waking of held requests.
 
-``ChatStore`` is the only entry point; handlers never see SQL.
+``ChatStore`` is the only entry point; handlers never see SQL. It holds the
+rules once; ``storage/sqlite.py`` and ``storage/postgres.py`` hold the SQL.
 """
 from .records import (
     FROM_CUSTOMER,
     FROM_RADAR_USER,
+    AccountNeedsName,
     Contact,
     Customer,
     HistoryPage,
@@ -13,12 +15,14 @@ from .records import (
     SendReceipt,
     Side,
 )
-from .store import ChatStore, local_timestamp
+from .sqlite import DatabaseLocked
+from .store import ChatStore, is_postgres, local_timestamp, sqlite_path
 from .waiters import SUPERSEDED, Handed, Waiters, WaitKey, conversation_key, inbox_key
-from .writer import DatabaseLocked, StorageFailing, WriterClosed
+from .writer import StorageFailing, WriterClosed
 
 __all__ = [
-    "FROM_CUSTOMER", "FROM_RADAR_USER", "ChatStore", "Contact", "Customer", "DatabaseLocked", "Handed", "HistoryPage",
-    "Message", "RadarUser", "SUPERSEDED", "SendReceipt", "Side", "StorageFailing", "WaitKey", "Waiters", "WriterClosed",
-    "conversation_key", "inbox_key", "local_timestamp",
+    "FROM_CUSTOMER", "FROM_RADAR_USER", "AccountNeedsName", "ChatStore", "Contact", "Customer", "DatabaseLocked",
+    "Handed",
+    "HistoryPage", "Message", "RadarUser", "SUPERSEDED", "SendReceipt", "Side", "StorageFailing", "WaitKey",
+    "Waiters", "WriterClosed", "conversation_key", "inbox_key", "is_postgres", "local_timestamp", "sqlite_path",
 ]

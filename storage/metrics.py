@@ -25,8 +25,8 @@ MESSAGES_SENT = Counter(
     ["side"],
 )
 ERRORS = Counter(
-    "leida_errors", "Failures by kind: storage_full, storage_io, database_locked, after_commit, "
-    "read_positions, overloaded, internal", ["kind"],
+    "leida_errors", "Failures by kind: storage_full, storage_io, database_unavailable, database_locked, "
+    "after_commit, read_positions, listener, overloaded, internal", ["kind"],
 )
 
 #: label children, looked up once: ``labels()`` costs more than the increment itself
@@ -38,6 +38,6 @@ def count_error(kind: str) -> None:
     ERRORS.labels(kind=kind).inc()
 
 
-for _kind in ("storage_full", "storage_io", "database_locked", "after_commit", "read_positions", "overloaded",
-              "internal"):
+for _kind in ("storage_full", "storage_io", "database_unavailable", "database_locked", "after_commit",
+              "read_positions", "listener", "overloaded", "internal"):
     ERRORS.labels(kind=_kind)  # every kind is exported from the start, at 0, so a rate() has a base

@@ -10,6 +10,13 @@ FROM_RADAR_USER = 1
 FROM_CUSTOMER = 2
 
 
+class AccountNeedsName(ValueError):
+    """A new account was asked for without a name."""
+
+    def __init__(self) -> None:
+        super().__init__("a new account needs a name")
+
+
 class Side(Enum):
     """A side of a conversation, each with its own read position (the value is its column)."""
 

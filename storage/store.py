@@ -1,31 +1,32 @@
-"""ChatStore: accounts, conversations, messages and read positions in SQLite.
+"""ChatStore: the rules of accounts, conversations, messages and read positions, on either backend.
 
-Every change goes through the single ``Writer`` (its COMMIT runs on
-aiosqlite's thread, off the event loop: a commit waits for fsync); a committed
-message then wakes the waiters of its conversation. Reads run on the event loop itself, on their own connection:
-they are short indexed queries that WAL lets see every committed change without
-ever waiting for the writer, and one costs about 4 µs here where handing it to
-a thread and back costs 40-110 µs (bench/README.md). Nothing here knows about
-HTTP.
+What is unread, what a read position means, idempotent sends and what a
+waiter is handed live here, once. The SQL and the transactions are the
+backend's: ``storage/sqlite.py`` (the embedded default, one process) or
+``storage/postgres.py`` (several processes and hosts on one PostgreSQL).
+Every change goes through the one ``Writer`` of this process; a committed
+message then wakes the waiters of its conversation in this process, and the
+backend wakes those of every other process. Nothing here knows about HTTP.
+
+The reads below are written once, in SQL both engines speak; the PostgreSQL
+backend numbers their ``?`` placeholders and drops SQLite's join-order pin.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
-import sqlite3
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol
 
-import aiosqlite
 import ujson
 
 from .accounts import AccountCache
 from .metrics import MESSAGES_FROM_CUSTOMERS, MESSAGES_FROM_RADAR_USERS, count_error
+from .outgoing import Outgoing
 from .records import (
     FROM_CUSTOMER,
     FROM_RADAR_USER,
@@ -37,9 +38,8 @@ from .records import (
     SendReceipt,
     Side,
 )
-from .schema import migrate
 from .waiters import Waiters
-from .writer import StorageFailing, Writer
+from .writer import Change, Changes, StorageFailing, Writer
 
 log = logging.getLogger("leida_chat.storage")
 
@@ -75,7 +75,9 @@ _CUSTOMER_BY_ID = f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer WHERE
 _RADAR_USER_BY_ID = f"SELECT id, {', '.join(_RADAR_USER_FIELDS)} FROM radar_user WHERE id = ?"
 _ACCOUNT_VERSION = "SELECT version FROM account_change"
 
-SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: how ``--db`` and ``database.url`` name a PostgreSQL database
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+SQLITE_SCHEME = "sqlite:///"
 
 
 def local_timestamp() -> str:
@@ -87,7 +89,18 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
-def _message(row: tuple) -> Message:
+def is_postgres(location: str | Path) -> bool:
+    """Whether a database location (``--db``, ``database.url``) names PostgreSQL rather than a SQLite file."""
+    return str(location).startswith(POSTGRES_SCHEMES)
+
+
+def sqlite_path(location: str | Path) -> Path:
+    """The file of a SQLite location: a plain path, or ``sqlite:///path``."""
+    text = str(location)
+    return Path(text[len(SQLITE_SCHEME) - 1:] if text.startswith(SQLITE_SCHEME) else text)
+
+
+def _message(row: Sequence[Any]) -> Message:
     return Message(
         id=row[0],
         customer_id=row[1],
@@ -104,15 +117,46 @@ def _message(row: tuple) -> Message:
     )
 
 
+class Database(Protocol):
+    """What a backend provides: its SQL, its transactions, and its wake-ups from other processes."""
+
+    name: str
+
+    def describe(self) -> str:
+        """Where the data is, for the startup line (a path, or a URL without its password)."""
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        """The rows of a read written with ``?`` placeholders."""
+
+    async def transact(self, changes: Changes) -> list[Any]:
+        """Every change, then COMMIT, or nothing; one result per change."""
+
+    def storage_failure(self, error: BaseException) -> StorageFailing | None:
+        """The error as a StorageFailing, if the storage rather than the change is at fault."""
+
+    async def reachability_problem(self) -> str | None:
+        """Why the database cannot be read now, or None."""
+
+    async def watch(self, waiters: Waiters) -> None:
+        """Start waking ``waiters`` for messages other processes commit."""
+
+    async def close(self) -> None: ...
+
+    def save_account(
+        self, table: str, account_id: int | None, given: dict[str, str], new_row: dict[str, Any] | None
+    ) -> Any: ...
+
+    def add_numbered_accounts(self, tables: list[tuple[str, Any]]) -> Any: ...
+
+    def probe_write(self) -> Any: ...
+
+
 class ChatStore:
     """The one object handlers talk to for anything stored."""
 
-    def __init__(
-        self, write_conn: aiosqlite.Connection, read_conn: sqlite3.Connection, account_cache_seconds: float
-    ) -> None:
-        self._write_conn = write_conn
-        self._read_conn = read_conn
-        self._writer = Writer(write_conn, after_commit=self._wake_waiters)
+    def __init__(self, database: Database, account_cache_seconds: float) -> None:
+        self.database = database
+        self._writer = Writer(database.transact, database.storage_failure, after_commit=self._wake_waiters)
         self._customers: AccountCache[Customer] = AccountCache(enabled=account_cache_seconds > 0)
         self._radar_users: AccountCache[RadarUser] = AccountCache(enabled=account_cache_seconds > 0)
         self._account_recheck_seconds = account_cache_seconds
@@ -123,32 +167,25 @@ class ChatStore:
 
     @classmethod
     async def open(
-        cls, path: str | Path, synchronous: str = "FULL", account_cache_seconds: float = 5.0
+        cls, location: str | Path, synchronous: str = "FULL", account_cache_seconds: float = 5.0,
+        pool_size: int = 10,
     ) -> ChatStore:
-        """Open (creating and migrating if needed) the database at ``path``."""
-        synchronous = synchronous.upper()
-        if synchronous not in SYNCHRONOUS_MODES:
-            raise ValueError(f"database.synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The writer uses this connection from the loop and from aiosqlite's thread, one at a time.
-        write_conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
+        """Open (creating and migrating if needed) the database at ``location``: a SQLite
+        path (or ``sqlite:///path``) or a ``postgresql://`` URL."""
+        database: Database
+        if is_postgres(location):
+            raise ValueError("PostgreSQL is not supported yet")
+        else:
+            from .sqlite import SQLiteDatabase
+
+            database = await SQLiteDatabase.open(sqlite_path(location), synchronous)
+        store = cls(database, account_cache_seconds)
         try:
-            await write_conn.execute("PRAGMA busy_timeout = 5000")
-            await write_conn.execute("PRAGMA journal_mode = WAL")
-            await write_conn.execute(f"PRAGMA synchronous = {synchronous}")
-            await write_conn.execute("PRAGMA foreign_keys = ON")
-            await migrate(write_conn)
-            # From here the writer waits for a lock only on its thread, never on the loop.
-            await write_conn.execute("PRAGMA busy_timeout = 0")
-            read_conn = sqlite3.connect(path, isolation_level=None)
+            await database.watch(store.waiters)
         except BaseException:
-            await write_conn.close()
+            await store.close()
             raise
-        # WAL readers wait only in rare cases (recovery after a crash); never block the loop long.
-        read_conn.execute("PRAGMA busy_timeout = 1000")
-        read_conn.execute("PRAGMA query_only = 1")
-        return cls(write_conn, read_conn, account_cache_seconds)
+        return store
 
     @property
     def commits(self) -> int:
@@ -159,47 +196,46 @@ class ChatStore:
         return self._writer.changes
 
     async def close(self) -> None:
-        """Finish queued writes, then close both connections."""
+        """Finish queued writes, then close the database."""
         self.waiters.close()
         await self._writer.stop()
-        self._read_conn.close()
-        await self._write_conn.close()
+        await self.database.close()
 
     async def readiness_problem(self) -> str | None:
         """Why a send could not succeed now, or None when it could.
 
-        While the disk is failing, each probe tries a one-row write, so that
-        readiness comes back as soon as space does, even before the next send.
+        While the storage is failing, each probe tries a write as large as the
+        largest send, so that readiness comes back as soon as it recovers, even
+        before the next send.
         """
-        try:
-            self._read_conn.execute(_ACCOUNT_VERSION).fetchone()
-        except sqlite3.Error as error:
-            return f"database not readable: {error}"
+        problem = await self.database.reachability_problem()
+        if problem is not None:
+            return problem
         if not self._writer.running:
             return "database writer stopped"
         if self._writer.storage_failing is not None:
             try:
-                await self._writer.run(_probe_write)
+                await self._writer.run(self.database.probe_write())
             except StorageFailing as error:
                 return str(error)
         return None
 
     # -- reading -----------------------------------------------------------
 
-    async def _all(self, sql: str, params: Iterable[Any]) -> list[tuple]:
-        return self._read_conn.execute(sql, tuple(params)).fetchall()
+    async def _all(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        return await self.database.fetch(sql, params)
 
-    async def _one(self, sql: str, params: Iterable[Any]) -> tuple | None:
+    async def _one(self, sql: str, params: Sequence[Any]) -> Sequence[Any] | None:
         rows = await self._all(sql, params)
         return rows[0] if rows else None
 
-    async def _aggregate(self, sql: str, params: Iterable[Any]) -> tuple:
+    async def _aggregate(self, sql: str, params: Sequence[Any]) -> Sequence[Any]:
         """The row of a query that aggregates (count, max): it always has exactly one."""
         (row,) = await self._all(sql, params)
         return row
 
     async def _messages(
-        self, where: str, params: Iterable[Any], source: str = _MESSAGE_FROM
+        self, where: str, params: Sequence[Any], source: str = _MESSAGE_FROM
     ) -> list[Message]:
         rows = await self._all(f"SELECT {_MESSAGE_COLUMNS} {source} WHERE {where}", params)
         return [_message(row) for row in rows]
@@ -207,32 +243,26 @@ class ChatStore:
     # -- accounts ------------------------------------------------------------
 
     async def customer(self, customer_id: int) -> Customer | None:
-        return self._customer_now(customer_id)
+        return await self._account(self._customers, _CUSTOMER_BY_ID, Customer, customer_id)
 
     async def radar_user(self, user_id: int) -> RadarUser | None:
-        return self._radar_user_now(user_id)
+        return await self._account(self._radar_users, _RADAR_USER_BY_ID, RadarUser, user_id)
 
-    def _customer_now(self, customer_id: int) -> Customer | None:
-        return self._account(self._customers, _CUSTOMER_BY_ID, Customer, customer_id)
-
-    def _radar_user_now(self, user_id: int) -> RadarUser | None:
-        return self._account(self._radar_users, _RADAR_USER_BY_ID, RadarUser, user_id)
-
-    def _account(self, cache: AccountCache, sql: str, record: type, account_id: int) -> Any:
+    async def _account(self, cache: AccountCache, sql: str, record: type, account_id: int) -> Any:
         if self._account_recheck_seconds > 0 and time.monotonic() >= self._accounts_recheck_at:
-            self._recheck_accounts()
+            await self._recheck_accounts()
         account = cache.get(account_id)
         if account is None:
-            rows = self._read_conn.execute(sql, (account_id,)).fetchall()
-            if rows:
-                account = record(*rows[0])
+            row = await self._one(sql, (account_id,))
+            if row is not None:
+                account = record(*row)
                 cache.put(account_id, account)
         return account
 
-    def _recheck_accounts(self) -> None:
+    async def _recheck_accounts(self) -> None:
         """Empty the account caches if any account changed since the last look (see accounts.py)."""
         self._accounts_recheck_at = time.monotonic() + self._account_recheck_seconds
-        (version,) = self._read_conn.execute(_ACCOUNT_VERSION).fetchone()
+        (version,) = await self._aggregate(_ACCOUNT_VERSION, ())
         if version != self._account_version:
             self._account_version = version
             self._customers.clear()
@@ -282,44 +312,26 @@ class ChatStore:
         if unknown:
             raise TypeError(f"unknown {table} fields: {sorted(unknown)}")
         given = {name: value for name, value in fields.items() if value is not None}
-
-        def op(conn: sqlite3.Connection) -> tuple[int, str]:
-            if account_id is not None:
-                existing = conn.execute(f"SELECT token FROM {table} WHERE id = ?", (account_id,)).fetchone()
-                if existing is not None:
-                    if given:
-                        assignments = ", ".join(f"{name} = ?" for name in given)
-                        conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*given.values(), account_id))
-                    return account_id, given.get("token", existing[0])
-            row: dict[str, Any] = {"token": new_token(), **given}
-            if "username" not in row:
-                raise ValueError("a new account needs a name")
+        new_row: dict[str, Any] | None = None
+        if "username" in given:  # a new account needs a name
+            new_row = {"token": new_token(), **given}
             if seeded_by_demo:
-                row["seeded_by_demo"] = 1
-            if account_id is not None:
-                row["id"] = account_id
-            placeholders = ", ".join("?" for _ in row)
-            cur = conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({placeholders})", tuple(row.values()))
-            return cast(int, cur.lastrowid), row["token"]  # an INSERT always sets lastrowid
-
-        return await self._writer.run(op)
+                new_row["seeded_by_demo"] = 1
+        return await self._writer.run(self.database.save_account(table, account_id, given, new_row))
 
     async def add_demo_accounts(self, users: int, customers: int) -> tuple[dict[int, str], dict[int, str]]:
-        """Create numbered radar users and customers in one transaction."""
+        """Create numbered radar users and customers in one transaction, after the largest ids so far."""
 
-        def op(conn: sqlite3.Connection) -> tuple[dict[int, str], dict[int, str]]:
-            made: list[dict[int, str]] = []
-            for table, count, name in (("radar_user", users, "雷达用户"), ("customer", customers, "客户")):
-                (start,) = conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
-                tokens = {start + n: new_token() for n in range(1, count + 1)}
-                conn.executemany(
-                    f"INSERT INTO {table} (id, username, token) VALUES (?, ?, ?)",
-                    [(account_id, f"{name}{account_id}", token) for account_id, token in tokens.items()],
-                )
-                made.append(tokens)
-            return made[0], made[1]
+        def numbered(count: int, name: str) -> Any:
+            def rows(start: int) -> list[tuple[int, str, str]]:
+                return [(start + n, f"{name}{start + n}", new_token()) for n in range(1, count + 1)]
+            return rows
 
-        return await self._writer.run(op)
+        made_users, made_customers = await self._writer.run(self.database.add_numbered_accounts(
+            [("radar_user", numbered(users, "雷达用户")), ("customer", numbered(customers, "客户"))]
+        ))
+        return ({account_id: token for account_id, _, token in made_users},
+                {account_id: token for account_id, _, token in made_customers})
 
     # -- sending ---------------------------------------------------------------
 
@@ -336,18 +348,18 @@ class ChatStore:
         A repeated ``client_msg_id`` from the same sender stores nothing and
         returns the receipt of the first send, so a client can retry blindly.
         """
-        outgoing = _Outgoing(
+        outgoing = Outgoing(
             customer_id, user_id, send_type, ujson.dumps(content, ensure_ascii=False), local_timestamp(),
             client_msg_id, content,
         )
-        receipt, _ = await self._writer.submit(_insert_messages, outgoing)
+        receipt, _ = await self._writer.submit(Change.SEND, outgoing)
         return receipt
 
-    def _wake_waiters(self, committed: list[tuple[Any, Any, Any]]) -> None:
-        """Right after COMMIT: hand the new messages to whoever waits for them,
-        so that a woken request need not read them back."""
-        stored = [(sent, result) for apply, sent, result in committed
-                  if apply is _insert_messages and not result[0].duplicate]
+    def _wake_waiters(self, committed: list[tuple[Change, Any, Any]]) -> None:
+        """Right after COMMIT: hand the new messages to whoever waits for them in this
+        process, so that a woken request need not read them back."""
+        stored = [(sent, result) for kind, sent, result in committed
+                  if kind is Change.SEND and not result[0].duplicate]
         from_customers = sum(1 for sent, _ in stored if sent.send_type == FROM_CUSTOMER)
         if from_customers:  # one increment per commit and side, not per message
             MESSAGES_FROM_CUSTOMERS.inc(from_customers)
@@ -359,10 +371,12 @@ class ChatStore:
             if self.waiters.awaited(sent.customer_id, sent.user_id)
         )
 
-    def _as_message(self, sent: _Outgoing, receipt: SendReceipt, is_first_info: bool) -> Message | None:
-        """The just-committed message as a read would return it (None if its accounts vanished)."""
-        customer = self._customer_now(sent.customer_id)
-        user = self._radar_user_now(sent.user_id)
+    def _as_message(self, sent: Outgoing, receipt: SendReceipt, is_first_info: bool) -> Message | None:
+        """The just-committed message as a read would return it, from the cached accounts
+        (the send's handler has just looked both up); None if one is not cached: the
+        woken request then reads the message back."""
+        customer = self._customers.get(sent.customer_id)
+        user = self._radar_users.get(sent.user_id)
         if customer is None or user is None:
             return None
         return Message(
@@ -450,7 +464,7 @@ class ChatStore:
 
     def _queue_read_positions(self, side: Side, positions: dict[tuple[int, int], int]) -> asyncio.Future:
         """Positions only move forward, so a late or repeated mark is harmless."""
-        mark = self._writer.enqueue(_move_read_positions, (side, positions), urgent=False)
+        mark = self._writer.enqueue(Change.READ_POSITIONS, (side, positions), urgent=False)
         user_ids = {user_id for _, user_id in positions}
         for user_id in user_ids:
             self._unsettled_marks.setdefault(user_id, set()).add(mark)
@@ -529,139 +543,3 @@ class ChatStore:
                 )
             )
         return contacts, total
-
-
-# -- batched writes ----------------------------------------------------------------
-# Each takes every change of its kind queued for one transaction and writes them
-# with a fixed number of statements, whatever their number.
-
-
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
-    customer_id: int
-    user_id: int
-    send_type: int
-    content_json: str
-    created_at: str
-    client_msg_id: str | None
-    content: dict[str, Any]  # what waiters are handed; only content_json is stored
-
-    @property
-    def sender_key(self) -> tuple[int, int, str] | None:
-        """Idempotency keys are per sender: (send_type, sender id, client_msg_id)."""
-        if self.client_msg_id is None:
-            return None
-        sender_id = self.customer_id if self.send_type == FROM_CUSTOMER else self.user_id
-        return (self.send_type, sender_id, self.client_msg_id)
-
-
-def _values(rows: list[tuple], width: int) -> tuple[str, list[Any]]:
-    placeholder = "(" + ", ".join("?" * width) + ")"
-    return ", ".join(placeholder for _ in rows), [value for row in rows for value in row]
-
-
-def _insert_messages(conn: sqlite3.Connection, batch: list[_Outgoing]) -> list[tuple[SendReceipt, bool]]:
-    """(receipt, is_first_info) per send. One query learns the next message id,
-    which conversations exist and which client keys were used before; then one
-    executemany each inserts the messages, upserts their conversations and
-    records the new client keys."""
-    pairs = list({(sent.customer_id, sent.user_id) for sent in batch})
-    keys = list({key for sent in batch if (key := sent.sender_key) is not None})
-    parts = ["SELECT 0, COALESCE(MAX(id), 0), 0, '', 0, '' FROM message"]
-    params: list[Any] = []
-    # CROSS JOIN keeps the VALUES list outermost: each pair is one primary-key probe
-    # (an IN over row values of two or more rows makes SQLite scan the table).
-    pair_values, pair_params = _values(pairs, 2)
-    parts.append(
-        f"SELECT 1, c.customer_id, c.user_id, '', 0, '' FROM (VALUES {pair_values}) AS v"
-        " CROSS JOIN conversation c ON c.customer_id = v.column1 AND c.user_id = v.column2"
-    )
-    params += pair_params
-    if keys:
-        key_values, key_params = _values(keys, 3)
-        parts.append(
-            f"SELECT 2, k.send_type, k.sender_id, k.client_msg_id, m.id, m.created_at FROM (VALUES {key_values}) AS v"
-            " CROSS JOIN client_message k ON k.send_type = v.column1 AND k.sender_id = v.column2"
-            " AND k.client_msg_id = v.column3"
-            " JOIN message m ON m.id = k.message_id"
-        )
-        params += key_params
-    last_id = 0
-    conversations: set[tuple[int, int]] = set()
-    earlier: dict[tuple[int, int, str], SendReceipt] = {}
-    for kind, a, b, c, message_id, created_at in conn.execute(" UNION ALL ".join(parts), params):
-        if kind == 0:
-            last_id = a
-        elif kind == 1:
-            conversations.add((a, b))
-        else:
-            earlier[(a, b, c)] = SendReceipt(message_id, created_at, duplicate=True)
-
-    results: list[tuple[SendReceipt, bool]] = []
-    message_rows, conversation_rows, key_rows = [], [], []
-    for sent in batch:
-        key = sent.sender_key
-        if key is not None and key in earlier:
-            results.append((earlier[key], False))
-            continue
-        last_id += 1
-        pair = (sent.customer_id, sent.user_id)
-        is_first_info = pair not in conversations
-        conversations.add(pair)
-        receipt = SendReceipt(last_id, sent.created_at)
-        if key is not None:
-            earlier[key] = SendReceipt(last_id, sent.created_at, duplicate=True)
-            key_rows.append((*key, last_id))
-        results.append((receipt, is_first_info))
-        message_rows.append((last_id, sent.customer_id, sent.user_id, sent.send_type, sent.content_json, sent.created_at))
-        conversation_rows.append(
-            (sent.customer_id, sent.user_id, last_id, last_id, last_id if sent.send_type == FROM_CUSTOMER else 0)
-        )
-    if message_rows:
-        conn.executemany(
-            "INSERT INTO message (id, customer_id, user_id, send_type, content, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            message_rows,
-        )
-        conn.executemany(
-            "INSERT INTO conversation (customer_id, user_id, first_message_id, last_message_id,"
-            " last_customer_message_id) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (customer_id, user_id) DO UPDATE SET"
-            " last_message_id = excluded.last_message_id,"
-            " last_customer_message_id = MAX(last_customer_message_id, excluded.last_customer_message_id)",
-            conversation_rows,
-        )
-    if key_rows:
-        conn.executemany(
-            "INSERT INTO client_message (send_type, sender_id, client_msg_id, message_id) VALUES (?, ?, ?, ?)",
-            key_rows,
-        )
-    return results
-
-
-#: what the readiness probe writes while the disk is failing: the default server.max_body_bytes,
-#: more than any one send stores. A one-page write fits in space a send does not (a captured run:
-#: /readyz said ready while every 3 KB send got 503, and the log flapped between full and writable).
-PROBE_BYTES = 64 * 1024
-
-
-def _probe_write(conn: sqlite3.Connection) -> None:
-    """A write as large as the largest send (readiness while the disk is failing)."""
-    conn.execute("INSERT OR REPLACE INTO disk_probe (id, filler) VALUES (1, randomblob(?))", (PROBE_BYTES,))
-
-
-def _move_read_positions(
-    conn: sqlite3.Connection, batch: list[tuple[Side, dict[tuple[int, int], int]]]
-) -> list[None]:
-    for side in Side:
-        rows = [
-            (up_to, customer_id, user_id, up_to)
-            for batch_side, positions in batch if batch_side is side
-            for (customer_id, user_id), up_to in positions.items()
-        ]
-        if rows:
-            column = side.value
-            conn.executemany(
-                f"UPDATE conversation SET {column} = ? WHERE customer_id = ? AND user_id = ? AND {column} < ?",
-                rows,
-            )
-    return [None] * len(batch)

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from conftest import text
-from storage import ChatStore, writer
+from storage import ChatStore
+from storage import sqlite as sqlite_backend
 from storage.schema import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew
 
 
@@ -95,7 +96,7 @@ async def test_a_send_waits_for_another_process_holding_the_write_lock_and_the_s
 async def test_a_write_lock_held_too_long_is_a_503_that_stores_nothing(
     api, db_path, radar_user, customer, monkeypatch
 ):
-    monkeypatch.setattr(writer, "LOCK_WAIT_MS", 200)
+    monkeypatch.setattr(sqlite_backend, "LOCK_WAIT_MS", 200)
     other = sqlite3.connect(db_path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
