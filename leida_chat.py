@@ -5,6 +5,7 @@ This module wires configuration (leida_config.py) to the store, the store to
 the app and the app to a server, and holds the command line: ``serve`` (the
 default), ``demo``, ``add-user``, ``add-customer``, ``demo-accounts`` and
 ``backup``. Installed, the same command line is the ``leida-chat`` command.
+``serve --processes N`` forks N workers onto one port (PostgreSQL only).
 """
 from __future__ import annotations
 
@@ -24,10 +25,22 @@ from typing import Any
 
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
+from tornado.netutil import bind_sockets
+from tornado.process import fork_processes
 
 from handlers import ApiSettings, ChatHTTPServer, make_app, metrics_app
-from leida_config import Config, ConfigError, check, comma_list, config_file, cors_origins, load_config
-from storage import FROM_RADAR_USER, ChatStore
+from leida_config import (
+    Config,
+    ConfigError,
+    check,
+    comma_list,
+    config_file,
+    cors_origins,
+    database_location,
+    load_config,
+    worker_count,
+)
+from storage import FROM_RADAR_USER, ChatStore, is_postgres, sqlite_path
 from storage.backup import backup
 from storage.schema import SchemaTooNew
 
@@ -62,9 +75,22 @@ def api_settings(config: Config) -> ApiSettings:
 
 
 async def open_store(config: Config) -> ChatStore:
+    database = config["database"]
     return await ChatStore.open(
-        config["database"]["path"], config["database"]["synchronous"], config["auth"]["account_cache_seconds"]
+        database_location(config), database["synchronous"], config["auth"]["account_cache_seconds"],
+        pool_size=database["pool_size"],
     )
+
+
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "the database could not be opened" (asyncpg's only once it is loaded)."""
+    errors: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, SchemaTooNew)
+    postgres = sys.modules.get("storage.postgres")
+    if postgres is not None:
+        import asyncpg
+
+        errors += (postgres.DatabaseUnreachable, asyncpg.PostgresError)
+    return errors
 
 
 def raise_open_file_limit() -> int:
@@ -114,26 +140,41 @@ def collect_fully_on_a_timer() -> PeriodicCallback:
     return full
 
 
-def listen_for_scrapes(metrics_config: dict[str, Any]) -> HTTPServer:
-    """The Prometheus listener, apart from the public port (a proxy in front never reaches it)."""
+def listen_for_scrapes(metrics_config: dict[str, Any], worker: int | None = None) -> HTTPServer:
+    """The Prometheus listener, apart from the public port (a proxy in front never reaches it).
+
+    Worker N of ``--processes`` listens on ``metrics.port + N`` (each worker's own
+    figures: Prometheus sums them across the targets), or on a free port of its own when 0.
+    """
     metrics_server = HTTPServer(metrics_app())
     host, port = metrics_config["host"], metrics_config["port"]
+    if worker is not None and port:
+        port += worker
     try:
         metrics_server.listen(port, host)
     except OSError as error:
         raise SystemExit(f"cannot listen for metrics on {host}:{port}: {error.strerror} "
                          f"(metrics.host / LEIDA_METRICS_HOST, metrics.port / LEIDA_METRICS_PORT; port 0 takes any free one)") from None
     port = next(iter(metrics_server._sockets.values())).getsockname()[1]
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    log.info("%smetrics on http://%s:%d/metrics", _worker_prefix(worker), host, port)
     return metrics_server
+
+
+def _worker_prefix(worker: int | None) -> str:
+    return "" if worker is None else f"worker {worker}: "
 
 
 def collect_fully() -> None:
     gc.collect()
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM, then answer held requests, let sends finish, and close."""
+async def serve(config: Config, sockets: list | None = None, worker: int | None = None,
+                stop_fd: int | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then answer held requests, let sends finish, and close.
+
+    A worker of ``serve_in_processes`` is given the shared ``sockets``, its number, and
+    ``stop_fd``: the read end of a pipe whose end of file (the parent closed it, or died) also stops it.
+    """
     server_config = config["server"]
     # The writer thread needs the GIL back after every commit; by default a busy
     # event loop keeps it for up to 5 ms, which would sit in every send's latency.
@@ -157,20 +198,23 @@ async def serve(config: Config) -> None:
         trusted_proxies=comma_list(server_config["trusted_proxies"]),
     )
     try:
-        server.listen(server_config["port"], server_config["host"], backlog=LISTEN_BACKLOG)
+        if sockets is None:
+            server.listen(server_config["port"], server_config["host"], backlog=LISTEN_BACKLOG)
+        else:
+            server.add_sockets(sockets)
     except OSError as error:
         await store.close()
         raise SystemExit(f"cannot listen on {server_config['host']}:{server_config['port']}: {error.strerror}") from None
     port = next(iter(server._sockets.values())).getsockname()[1]  # the real one when port = 0
     try:
-        metrics_server = listen_for_scrapes(config["metrics"])
+        metrics_server = listen_for_scrapes(config["metrics"], worker)
     except SystemExit:
         server.stop()
         await store.close()
         raise
     log.info(
-        "leida-chat listening on http://%s:%d, database %s (open-file limit %d, %s loop)",
-        server_config["host"], port, os.path.abspath(config["database"]["path"]), open_files,
+        "%sleida-chat listening on http://%s:%d, database %s (open-file limit %d, %s loop)",
+        _worker_prefix(worker), server_config["host"], port, store.database.describe(), open_files,
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     if demo:
@@ -185,9 +229,11 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
+    if stop_fd is not None:
+        loop.add_reader(stop_fd, stopping.set)
     await stopping.wait()
 
-    log.info("stopping: answering held requests and finishing in-flight sends")
+    log.info("%sstopping: answering held requests and finishing in-flight sends", _worker_prefix(worker))
     server.stop()
     metrics_server.stop()
     app.settings["inflight"].stopping = True
@@ -196,7 +242,50 @@ async def serve(config: Config) -> None:
         log.warning("%d requests still open after the grace period", app.settings["inflight"].count)
     await server.close_all_connections()
     await store.close()
-    log.info("stopped after %d commits of %d changes", store.commits, store.changes)
+    log.info("%sstopped after %d commits of %d changes", _worker_prefix(worker), store.commits, store.changes)
+
+
+def serve_in_processes(config: Config, count: int) -> int:
+    """``count`` workers on one port, by tornado's pre-fork: the sockets are bound here,
+    then each forked worker serves them with a loop, a store and a LISTEN connection of
+    its own. SIGTERM or SIGINT to this parent stops every worker as ``serve`` stops one
+    (held requests answered, sends finished), and the parent exits 0 once all have; a
+    worker that crashes is started again. The schema is brought up to date once, here,
+    so that a database out of reach stops the start with one message.
+    """
+    server_config = config["server"]
+    asyncio.run(_check_database(config))
+    try:
+        sockets = bind_sockets(server_config["port"], server_config["host"], backlog=LISTEN_BACKLOG)
+    except OSError as error:
+        raise SystemExit(f"cannot listen on {server_config['host']}:{server_config['port']}: {error.strerror}") from None
+    stop_read, stop_write = os.pipe()
+    parent = os.getpid()
+    stop_sent: list[bool] = []
+
+    def stop_workers(_signum: int, _frame: Any) -> None:
+        """Every worker watches the pipe: closing its write end stops them all at once."""
+        if os.getpid() == parent and not stop_sent:  # (a worker not yet serving runs this too: not its job)
+            stop_sent.append(True)
+            os.close(stop_write)
+
+    signal.signal(signal.SIGTERM, stop_workers)
+    signal.signal(signal.SIGINT, stop_workers)
+    log.info("starting %d worker processes on %s:%d", count, server_config["host"], sockets[0].getsockname()[1])
+    worker = fork_processes(count, max_restarts=MAX_WORKER_RESTARTS)  # only workers return; the parent exits
+    os.close(stop_write)
+    with asyncio.Runner(loop_factory=event_loop_factory(server_config["event_loop"])) as runner:
+        runner.run(serve(config, sockets, worker, stop_read))
+    return 0
+
+
+#: how many times crashed workers are started again before the parent gives up
+MAX_WORKER_RESTARTS = 20
+
+
+async def _check_database(config: Config) -> None:
+    store = await open_store(config)
+    await store.close()
 
 
 # -- demo -----------------------------------------------------------------------
@@ -299,12 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", type=Path, help="TOML config file (default: ./config.toml, else the checkout's, else built-in defaults)")
-        sub.add_argument("--db", help="SQLite database path (overrides database.path)")
+        sub.add_argument("--db", help="SQLite database path, or a postgresql://user@host:port/database URL "
+                                       "(overrides database.path and database.url)")
         return sub
 
     serve_parser = command("serve", "run the chat server (the default command)")
     serve_parser.add_argument("--host", help="address to listen on (overrides server.host)")
     serve_parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+    serve_parser.add_argument("--processes", type=lambda value: _integer(value, 0, 1024),
+                              help="worker processes on the one port; 0 = one per core; more than one "
+                                   "needs PostgreSQL (overrides server.processes)")
 
     demo = command("demo", f"run the demo: a demo database ({DEMO_DATABASE}), a radar user, three "
                            "customers, and the two demo pages; prints their addresses")
@@ -344,7 +437,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def config_for(args: argparse.Namespace) -> Config:
     config = load_config(config_file(args.config))
     if args.db:
-        config["database"]["path"] = args.db
+        if is_postgres(args.db):
+            config["database"]["url"] = args.db
+        else:
+            config["database"]["url"], config["database"]["path"] = "", args.db
+    if getattr(args, "processes", None) is not None:
+        config["server"]["processes"] = args.processes
     if getattr(args, "host", None):
         config["server"]["host"] = args.host
     if getattr(args, "port", None) is not None:
@@ -368,14 +466,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             config[""]["demo"] = True
             if not args.db:
-                config["database"]["path"] = DEMO_DATABASE
+                config["database"]["url"], config["database"]["path"] = "", DEMO_DATABASE
             asyncio.run(seed_demo(config))
         if args.command in (None, "serve", "demo"):
+            workers = worker_count(config)
+            if workers > 1:
+                return serve_in_processes(config, workers)
             with asyncio.Runner(loop_factory=event_loop_factory(config["server"]["event_loop"])) as runner:
                 runner.run(serve(config))
             return 0
         if args.command == "backup":
-            print(json.dumps(backup(Path(config["database"]["path"]), args.out)))
+            location = database_location(config)
+            if is_postgres(location):
+                print(f"{PROGRAM} backup: copies a SQLite file; for PostgreSQL use pg_dump "
+                      f"(pg_dump --format=custom --file=OUT 'URL'; README.md, Backups)", file=sys.stderr)
+                return 2
+            print(json.dumps(backup(sqlite_path(location), args.out)))
             return 0
         if args.command == "demo-accounts":
             result = asyncio.run(demo_accounts(config, args.users, args.customers))
@@ -398,8 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # e.g. a new account without --name
         print(f"{PROGRAM} {args.command}: {error}", file=sys.stderr)
         return 2
-    except (OSError, sqlite3.Error, SchemaTooNew) as error:  # e.g. a database that cannot be opened
-        print(f"{PROGRAM} {args.command}: {error}", file=sys.stderr)
+    except unreachable_errors() as error:  # e.g. a database that cannot be opened or reached
+        print(f"{PROGRAM} {args.command or 'serve'}: {error}", file=sys.stderr)
         return 1
 
 

@@ -37,8 +37,12 @@ DEFAULTS: Config = {
         "event_loop": "auto",
         "cors_origins": "*",
         "trusted_proxies": "",
+        # worker processes sharing the port (pre-fork); 0 = one per core. More than one needs PostgreSQL.
+        "processes": 1,
     },
-    "database": {"path": "data/leida_chat.db", "synchronous": "FULL"},
+    # url (postgresql://user@host:port/db) wins over path (a SQLite file); pool_size is PostgreSQL's
+    # connections per process, synchronous is SQLite's
+    "database": {"path": "data/leida_chat.db", "url": "", "synchronous": "FULL", "pool_size": 10},
     "auth": {"max_skew_seconds": 900.0, "account_cache_seconds": 5.0},
     "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200, "max_waiters": 10000,
                  "max_waiters_per_account": 8},
@@ -149,10 +153,41 @@ def check(config: Config) -> None:
             raise ConfigError(f"server.trusted_proxies: {proxy!r} is not an address or a CIDR network") from None
     if server["event_loop"] not in ("auto", "asyncio", "uvloop"):
         raise ConfigError("server.event_loop must be auto, asyncio or uvloop")
-    if config["database"]["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        raise ConfigError("database.synchronous must be OFF, NORMAL, FULL or EXTRA")
+    check_database(config)
     if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):
         raise ConfigError("log.level must be DEBUG, INFO, WARNING or ERROR")
+
+
+#: what database.url may start with
+DATABASE_URL_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
+
+
+def check_database(config: Config) -> None:
+    database, processes = config["database"], config["server"]["processes"]
+    if database["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError("database.synchronous must be OFF, NORMAL, FULL or EXTRA")
+    if database["url"] and not database["url"].startswith(DATABASE_URL_SCHEMES):
+        raise ConfigError("database.url must be postgresql://user@host:port/database or sqlite:///path")
+    if database["pool_size"] < 1:
+        raise ConfigError("database.pool_size must be at least 1")
+    if processes < 0:
+        raise ConfigError("server.processes must be 0 (one per core) or more")
+    if worker_count(config) > 1 and not database_location(config).startswith(DATABASE_URL_SCHEMES[:2]):
+        raise ConfigError(
+            f"server.processes = {processes} means {worker_count(config)} processes, and a SQLite file has one "
+            "writer: serve it with one process, or use PostgreSQL for several "
+            "(database.url / LEIDA_DATABASE_URL / --db postgresql://user@host:port/database)"
+        )
+
+
+def database_location(config: Config) -> str:
+    """``database.url`` if set, else ``database.path``: what the store opens."""
+    return config["database"]["url"] or config["database"]["path"]
+
+
+def worker_count(config: Config) -> int:
+    """``server.processes``, with 0 read as one per core."""
+    return config["server"]["processes"] or os.cpu_count() or 1
 
 
 def comma_list(setting: str) -> tuple[str, ...]:

@@ -16,7 +16,17 @@ from typing import Any
 
 from tornado.web import HTTPError
 
-from storage import FROM_CUSTOMER, SUPERSEDED, Handed, Message, Side, WaitKey, conversation_key, inbox_key
+from storage import (
+    FROM_CUSTOMER,
+    SUPERSEDED,
+    Handed,
+    Message,
+    Side,
+    StorageFailing,
+    WaitKey,
+    conversation_key,
+    inbox_key,
+)
 
 from .base import SignedHandler
 from .metrics import DELIVERY_LATENCY, count_error
@@ -85,15 +95,24 @@ class LongPollHandler(SignedHandler):
 
         A woken request takes the ``wanted`` messages it was handed instead of
         reading them back. None means the client went away: the caller must
-        then mark nothing read.
+        then mark nothing read. A read that fails once the request was held
+        (the database restarting) answers it with nothing new: the client polls
+        again with its cursor, and loses nothing.
         """
         waiters = self.store.waiters
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        held = False
         while True:
             future = self._waiting = waiters.register((key,))
             try:
-                messages = await fetch()
+                try:
+                    messages = await fetch()
+                except StorageFailing:
+                    if not held:
+                        raise  # nothing was held yet: a 503, and the client tries again
+                    messages = []  # the database went away while this was held: "nothing new", never an error
+                    break
                 remaining = deadline - loop.time()
                 if messages or remaining <= 0 or waiters.closed:
                     break
@@ -101,6 +120,7 @@ class LongPollHandler(SignedHandler):
                     count_error("overloaded")
                     raise HTTPError(503, "longpoll.max_waiters reached")
                 waiters.hold(self.account_key, future, self.api.max_waiters_per_account)
+                held = True
                 # Awaited directly (not through asyncio.wait): one loop iteration
                 # fewer between the commit and the answer.
                 timer = loop.call_later(remaining, _look_again, future)

@@ -11,6 +11,8 @@ with nothing new for the radar user without touching the message table.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import aiosqlite
 
 MIGRATIONS: dict[int, str] = {
@@ -127,4 +129,101 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         await conn.executescript(
             f"BEGIN IMMEDIATE;\n{MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;"
         )
+    return SCHEMA_VERSION
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+# The same tables and indexes, numbered on the same scale: step 5 is everything
+# SQLite's steps 1 to 5 make, so a step added later is written once per backend
+# under one number. The version lives in ``schema_version``. Every table is
+# keyed or indexed by the radar user (``user_id``) it belongs to, except the
+# accounts themselves and client_message (keyed by sender): see docs/scaling.md.
+
+POSTGRES_MIGRATIONS: dict[int, str] = {
+    5: """
+    CREATE TABLE radar_user (
+        id BIGINT PRIMARY KEY,
+        username TEXT NOT NULL,
+        avatar TEXT NOT NULL DEFAULT '',
+        mingpian_avatar TEXT NOT NULL DEFAULT '',
+        mingpian_phone TEXT NOT NULL DEFAULT '',
+        wechat TEXT NOT NULL DEFAULT '',
+        wechat_phone TEXT NOT NULL DEFAULT '',
+        token TEXT NOT NULL,
+        seeded_by_demo INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE customer (
+        id BIGINT PRIMARY KEY,
+        username TEXT NOT NULL,
+        headimgurl TEXT NOT NULL DEFAULT '',
+        token TEXT NOT NULL,
+        seeded_by_demo INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE conversation (
+        customer_id BIGINT NOT NULL REFERENCES customer(id),
+        user_id BIGINT NOT NULL REFERENCES radar_user(id),
+        first_message_id BIGINT NOT NULL,
+        last_message_id BIGINT NOT NULL,
+        last_customer_message_id BIGINT NOT NULL DEFAULT 0,
+        customer_read_id BIGINT NOT NULL DEFAULT 0,
+        user_read_id BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (customer_id, user_id)
+    );
+    CREATE INDEX conversation_by_user_activity ON conversation (user_id, last_message_id);
+    CREATE INDEX conversation_unread_by_user ON conversation (user_id)
+        WHERE last_customer_message_id > user_read_id;
+    -- ids are taken while the radar user's row is locked (storage/postgres.py), so one
+    -- inbox's ids are numbered and committed in the same order
+    CREATE SEQUENCE message_id_seq;
+    CREATE TABLE message (
+        id BIGINT PRIMARY KEY,
+        customer_id BIGINT NOT NULL,
+        user_id BIGINT NOT NULL,
+        send_type INTEGER NOT NULL CHECK (send_type IN (1, 2)),
+        content TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX message_by_conversation ON message (customer_id, user_id, id);
+    CREATE INDEX message_by_user ON message (user_id, id);
+    CREATE TABLE client_message (
+        send_type INTEGER NOT NULL,
+        sender_id BIGINT NOT NULL,
+        client_msg_id TEXT NOT NULL,
+        message_id BIGINT NOT NULL REFERENCES message(id),
+        PRIMARY KEY (send_type, sender_id, client_msg_id)
+    );
+    CREATE TABLE account_change (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version BIGINT NOT NULL
+    );
+    INSERT INTO account_change (id, version) VALUES (1, 0);
+    CREATE FUNCTION account_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE account_change SET version = version + 1; RETURN NULL; END $$;
+    CREATE TRIGGER customer_change AFTER INSERT OR UPDATE OR DELETE ON customer
+        FOR EACH STATEMENT EXECUTE FUNCTION account_changed();
+    CREATE TRIGGER radar_user_change AFTER INSERT OR UPDATE OR DELETE ON radar_user
+        FOR EACH STATEMENT EXECUTE FUNCTION account_changed();
+    """,
+}
+
+#: any number, the same in every process: migrations across processes starting at once take turns
+POSTGRES_MIGRATION_LOCK = 0x1E1DA
+
+
+async def migrate_postgres(conn: Any) -> int:
+    """Bring a PostgreSQL database (an asyncpg connection) to SCHEMA_VERSION, each step in one transaction."""
+    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    for step in sorted(POSTGRES_MIGRATIONS):
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", POSTGRES_MIGRATION_LOCK)
+            version = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
+                )
+            if version >= step:
+                continue
+            await conn.execute(POSTGRES_MIGRATIONS[step])
+            await conn.execute("DELETE FROM schema_version")
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
     return SCHEMA_VERSION

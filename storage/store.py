@@ -174,7 +174,9 @@ class ChatStore:
         path (or ``sqlite:///path``) or a ``postgresql://`` URL."""
         database: Database
         if is_postgres(location):
-            raise ValueError("PostgreSQL is not supported yet")
+            from .postgres import PostgresDatabase  # asyncpg is needed only here
+
+            database = await PostgresDatabase.open(str(location), pool_size=pool_size)
         else:
             from .sqlite import SQLiteDatabase
 

@@ -115,11 +115,15 @@ class Waiters:
                 if not future.done():
                     future.set_result(payload)
 
-    def close(self) -> None:
-        """Wake everyone and refuse new waits: the server is stopping."""
-        self.closed = True
+    def wake_all(self) -> None:
+        """Every held request reads again: what woke them may have been missed."""
         for futures in self._by_key.values():
             for future in futures:
                 if not future.done():
                     future.set_result(None)
         self._by_key.clear()
+
+    def close(self) -> None:
+        """Wake everyone and refuse new waits: the server is stopping."""
+        self.closed = True
+        self.wake_all()

@@ -1,4 +1,10 @@
-"""Test fixtures: the real app, over real HTTP, on a real SQLite file in a temp dir."""
+"""Test fixtures: the real app, over real HTTP, on a real database.
+
+Every test that uses the store runs once per backend (the ``backend``
+parameter): on a SQLite file in a temp dir, and on a database of its own in a
+PostgreSQL cluster the session starts itself (tests/postgres.py). A test
+marked ``sqlite_only`` tests what only SQLite has (its file, its write lock).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -118,14 +124,49 @@ def api_settings() -> ApiSettings:
     return ApiSettings()
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that needs a database runs on each backend, unless it is marked ``sqlite_only``."""
+    if "backend" in metafunc.fixturenames:
+        backends = BACKENDS[:1] if metafunc.definition.get_closest_marker("sqlite_only") else BACKENDS
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    from postgres import Cluster
+
+    cluster = Cluster()
+    yield cluster
+    cluster.destroy()
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "chat.db"
 
 
 @pytest.fixture
-def store(io_loop, db_path: Path):
-    store = io_loop.run_sync(lambda: ChatStore.open(db_path))
+def database(request: pytest.FixtureRequest, backend: str, db_path: Path) -> str:
+    """Where the test's data lives, as ``--db`` takes it: a SQLite path, or a PostgreSQL URL."""
+    if backend == "sqlite":
+        return str(db_path)
+    from postgres import require_postgres
+
+    require_postgres()
+    return request.getfixturevalue("postgres_cluster").new_database()
+
+
+@pytest.fixture
+def store(io_loop, database: str):
+    store = io_loop.run_sync(lambda: ChatStore.open(database))
     yield store
     io_loop.run_sync(store.close)
 

@@ -6,12 +6,14 @@ Requests go over plain ``http.client`` to 127.0.0.1.
 """
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -102,11 +104,12 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_bytes().decode("utf-8", "replace")
 
-    def wait_started(self, timeout: float = START_TIMEOUT) -> Server:
+    def wait_started(self, timeout: float = START_TIMEOUT, workers: int = 1) -> Server:
+        """Once the startup line is logged (by each of ``workers`` under --processes)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = STARTUP.search(self.log())
-            if match:
+            if match and len(STARTUP.findall(self.log())) >= workers:
                 self.port, self.db = int(match["port"]), match["db"]
                 metrics = METRICS.search(self.log())
                 self.metrics_port = int(metrics["port"]) if metrics else None
@@ -230,4 +233,27 @@ class Background:
 
 
 def serve_args(tmp_path: Path, db: str = "chat.db") -> list[str]:
-    return ["serve", "--db", str(tmp_path / db), "--host", "127.0.0.1", "--port", "0"]
+    """``serve`` on any free port, on ``db``: a file in ``tmp_path``, an absolute path, or a PostgreSQL URL."""
+    return ["serve", "--db", db if "://" in db else str(tmp_path / db), "--host", "127.0.0.1", "--port", "0"]
+
+
+def query(database: str, sql: str) -> list[tuple]:
+    """The rows of a read made outside the server, as an operator would: sqlite3 on a
+    file, asyncpg on a ``postgresql://`` URL."""
+    if "://" not in database:
+        conn = sqlite3.connect(database)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    async def fetch() -> list[tuple]:
+        import asyncpg
+
+        conn = await asyncpg.connect(database)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())

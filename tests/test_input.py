@@ -196,6 +196,7 @@ async def test_repeated_parameters_take_the_last_value(api, customer, radar_user
 
 
 @pytest.mark.gen_test
+@pytest.mark.sqlite_only
 async def test_an_unexpected_error_is_a_500_envelope_without_a_traceback(api, store, customer, radar_user, caplog):
     store.database._read_conn.close()  # break the database under the running app
     response = await api.raw("GET", api.url("/zhugeleida/gongzhonghao/chat/query_num/0", customer, {"u_id": radar_user.id}))

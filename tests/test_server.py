@@ -28,6 +28,7 @@ from live import (
     clean_env,
     cli_account,
     free_port,
+    query,
     run_cli,
     serve_args,
 )
@@ -52,10 +53,10 @@ def test_add_user_with_token_and_id_uses_them(tmp_path):
 CACHE_SECONDS = 0.5  # auth.account_cache_seconds for servers that see CLI updates
 
 
-def test_add_user_update_keeps_token_and_changes_fields_seen_over_http(tmp_path, start_server):
+def test_add_user_update_keeps_token_and_changes_fields_seen_over_http(tmp_path, start_server, database):
     # A running server sees a CLI change once its account cache entry expires.
-    server = start_server(*serve_args(tmp_path), env={"LEIDA_AUTH_ACCOUNT_CACHE_SECONDS": str(CACHE_SECONDS)})
-    db = str(tmp_path / "chat.db")
+    server = start_server(*serve_args(tmp_path, database), env={"LEIDA_AUTH_ACCOUNT_CACHE_SECONDS": str(CACHE_SECONDS)})
+    db = database
     user = cli_account(
         tmp_path, "add-user", "--db", db, "--name", "王经理",
         "--avatar", "https://img.example/a.png", "--mingpian-avatar", "https://img.example/card.png",
@@ -167,9 +168,9 @@ def test_out_of_range_id_fails_cleanly(tmp_path, command):
 # -- 3. demo-accounts -----------------------------------------------------------
 
 
-def test_demo_accounts_writes_tokens_that_sign_real_requests(tmp_path, start_server):
+def test_demo_accounts_writes_tokens_that_sign_real_requests(tmp_path, start_server, database):
     out = tmp_path / "out" / "demo.json"
-    db = str(tmp_path / "chat.db")
+    db = database
     started = time.monotonic()
     result = run_cli(tmp_path, "demo-accounts", "--db", db, "--users", "3", "--customers", "10000", "--json", str(out))
     elapsed = time.monotonic() - started
@@ -184,7 +185,7 @@ def test_demo_accounts_writes_tokens_that_sign_real_requests(tmp_path, start_ser
             assert account_id.isdigit() and isinstance(token, str) and token
     assert len(set(written["customers"].values())) == 10000  # every token its own
 
-    server = start_server(*serve_args(tmp_path))
+    server = start_server(*serve_args(tmp_path, database))
     user_id, user_token = sorted(written["users"].items(), key=lambda kv: int(kv[0]))[-1]
     user = Account(int(user_id), user_token)
     some_customers = [Account(int(i), t) for i, t in list(written["customers"].items())[::2500]]
@@ -290,9 +291,9 @@ def test_config_with_unknown_key_exits_nonzero_naming_it(tmp_path, subcommand, t
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_answers_held_getmsg_and_exits_zero(tmp_path, start_server, signum):
-    server = start_server(*serve_args(tmp_path))
-    db = str(tmp_path / "chat.db")
+def test_signal_answers_held_getmsg_and_exits_zero(tmp_path, start_server, database, signum):
+    server = start_server(*serve_args(tmp_path, database))
+    db = database
     user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理")
     customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "小明")
     # An idle keep-alive connection must not keep the server alive either.
@@ -321,14 +322,13 @@ def test_signal_answers_held_getmsg_and_exits_zero(tmp_path, start_server, signu
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
 
 
-def test_sigterm_lets_in_flight_sends_finish_and_exits_within_two_seconds(tmp_path, start_server):
+def test_sigterm_lets_in_flight_sends_finish_and_exits_within_two_seconds(tmp_path, start_server, database):
     """Senders that keep sending on keep-alive connections while the server stops:
     every answered send is a 200 (or a 503 once stopping began) and every 200 is stored."""
-    import sqlite3
     import threading
 
-    server = start_server(*serve_args(tmp_path))
-    db = str(tmp_path / "chat.db")
+    server = start_server(*serve_args(tmp_path, database))
+    db = database
     user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理")
     customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "小明")
     acknowledged: list[int] = []
@@ -368,7 +368,7 @@ def test_sigterm_lets_in_flight_sends_finish_and_exits_within_two_seconds(tmp_pa
     assert elapsed < 2, f"took {elapsed:.2f} s to stop"
     assert set(answers) <= {200, 503}, sorted(set(answers))
     assert len(acknowledged) > 20
-    stored = {row[0] for row in sqlite3.connect(db).execute("SELECT id FROM message")}
+    stored = {row[0] for row in query(db, "SELECT id FROM message")}
     assert set(acknowledged) <= stored
     assert "Traceback" not in server.log()
 
@@ -437,9 +437,9 @@ def test_out_of_range_user_id_is_an_unknown_account(tmp_path, start_server, path
 # -- 7. a new user's conversation, end to end -----------------------------------
 
 
-def test_new_user_flow_end_to_end(tmp_path, start_server):
-    server = start_server(*serve_args(tmp_path))
-    db = str(tmp_path / "chat.db")
+def test_new_user_flow_end_to_end(tmp_path, start_server, database):
+    server = start_server(*serve_args(tmp_path, database))
+    db = database
     user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理",
                        "--mingpian-avatar", "https://img.example/card.png")
     customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "小明 😀",

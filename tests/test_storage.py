@@ -69,6 +69,7 @@ def test_a_database_from_a_newer_release_is_refused(io_loop, tmp_path):
 
 
 @pytest.mark.gen_test(timeout=20)
+@pytest.mark.sqlite_only
 async def test_a_send_waits_for_another_process_holding_the_write_lock_and_the_server_keeps_answering(
     api, db_path, radar_user, customer
 ):
@@ -93,6 +94,7 @@ async def test_a_send_waits_for_another_process_holding_the_write_lock_and_the_s
 
 
 @pytest.mark.gen_test(timeout=20)
+@pytest.mark.sqlite_only
 async def test_a_write_lock_held_too_long_is_a_503_that_stores_nothing(
     api, db_path, radar_user, customer, monkeypatch
 ):

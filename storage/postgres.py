@@ -1,0 +1,457 @@
+"""The PostgreSQL backend: several processes and hosts share one database.
+
+A pool (asyncpg) serves the reads and this process's writer. Three things
+differ from SQLite, and they are why this module exists:
+
+- **Wake-ups across processes.** The transaction that inserts messages also
+  sends ``NOTIFY leida_chat`` naming their conversations, so PostgreSQL
+  delivers it only on COMMIT. Each process LISTENs on a connection of its own,
+  outside the pool (a listener on a pooled connection is lost when that
+  connection goes back), and wakes only its local waiters of those keys; they
+  then read what is new. A notification is a doorbell, never the message.
+  When that connection drops, the process reconnects with backoff, LISTENs
+  again, and wakes every local waiter to read again: notifications sent while
+  it was away are gone.
+- **Ids in commit order.** With several writers, a sequence hands out ids in
+  the order transactions ask, not the order they commit, and a client
+  resuming from ``last_id=102`` would never see a 101 committed later. Every
+  write transaction therefore locks the rows of the radar users it touches
+  (in id order, so that two cannot deadlock) before it takes ids: one radar
+  user's messages, and so each of its conversations, are numbered and
+  committed in the same order, which is what both cursors (per conversation
+  and per inbox) rely on.
+- **Outages.** A database out of reach is a ``StorageFailing`` (503 with
+  Retry-After), for reads as for writes; the pool reconnects by itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from .metrics import count_error
+from .outgoing import Outgoing, Pair, SenderKey, pairs_and_keys, plan_sends
+from .records import AccountNeedsName, SendReceipt, Side
+from .schema import migrate_postgres
+from .waiters import Waiters
+from .writer import Change, Changes, StorageFailing, by_kind
+
+log = logging.getLogger("leida_chat.storage")
+
+#: the one channel every process LISTENs on
+CHANNEL = "leida_chat"
+#: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
+MAX_PAYLOAD_BYTES = 7900
+#: how long a connection attempt may take before the database counts as out of reach
+CONNECT_TIMEOUT_SECONDS = 5.0
+#: the listener's reconnection backoff: first delay, doubling up to the last
+RECONNECT_FIRST_SECONDS = 0.1
+RECONNECT_MAX_SECONDS = 1.0
+#: how often the listener checks that its connection still answers (a silent network loss sends no FIN)
+LISTENER_CHECK_SECONDS = 10.0
+
+#: a connection of the pool (the writer's and the reads') or of its own (the listener's)
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+Op = Callable[[Conn], Awaitable[Any]]
+NumberedRows = Callable[[int], list[tuple[int, str, str]]]
+
+#: SQLSTATE classes and codes that mean "the database, not the change": class 08 is a lost connection,
+#: 57P0x a server shutting down or starting, 53 out of resources (53100: disk full), 58030 an I/O error
+_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database could not be reached at start; the message names it (without its password)."""
+
+
+def without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}" if user else netloc))
+
+
+def storage_failure(error: BaseException) -> StorageFailing | None:
+    """The error as a StorageFailing, if the database rather than the change is at fault."""
+    if isinstance(error, StorageFailing):
+        return error
+    state = getattr(error, "sqlstate", None)
+    if isinstance(error, asyncpg.PostgresError) and state:
+        if state == "53100":
+            return StorageFailing("storage is full", "storage_full")
+        if state == "58030":
+            return StorageFailing("storage is failing (I/O error)", "storage_io")
+        if state.startswith(_UNAVAILABLE_STATES):
+            return StorageFailing("database unavailable", "database_unavailable")
+        return None
+    if isinstance(error, (OSError, TimeoutError, asyncpg.InterfaceError)):
+        # refused, reset or timed out; InterfaceError: the connection closed under a query
+        return StorageFailing("database unavailable", "database_unavailable")
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def as_postgres(sql: str) -> str:
+    """A read written once for both engines, in PostgreSQL's dialect: ``?`` numbered
+    ``$1, $2, ...``, and SQLite's join-order pin (``CROSS JOIN ... ON``) a plain JOIN."""
+    numbers = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(numbers)}", sql).replace("CROSS JOIN", "JOIN")
+
+
+class PostgresDatabase:
+    """The SQL, the transactions and the cross-process wake-ups of the PostgreSQL backend."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str, pool: asyncpg.Pool) -> None:
+        self.url = url
+        self._pool = pool
+        #: names this process in its notifications, so that it does not wake its own waiters twice
+        self.origin = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.listener: Listener | None = None
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int = 10) -> PostgresDatabase:
+        """Connect a pool to ``url`` and bring the schema up to date; ``DatabaseUnreachable`` if it cannot."""
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=min(2, pool_size), max_size=pool_size, timeout=CONNECT_TIMEOUT_SECONDS,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise DatabaseUnreachable(f"cannot connect to {without_password(url)}: {_reason(error)}") from None
+        try:
+            async with pool.acquire() as conn:
+                await migrate_postgres(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(url, pool)
+
+    def describe(self) -> str:
+        return without_password(self.url)
+
+    async def watch(self, waiters: Waiters) -> None:
+        self.listener = Listener(self.url, self.origin, waiters)
+        await self.listener.start()
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+        await self._pool.close()
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        try:
+            return cast(list[Sequence[Any]], await self._pool.fetch(as_postgres(sql), *params))
+        except Exception as error:
+            failing = storage_failure(error)
+            if failing is None:
+                raise
+            count_error(failing.kind)
+            raise failing from None
+
+    async def reachability_problem(self) -> str | None:
+        try:
+            await self._pool.fetchval("SELECT version FROM account_change", timeout=CONNECT_TIMEOUT_SECONDS)
+        except Exception as error:
+            if storage_failure(error) is None:
+                raise
+            return f"database not reachable: {_reason(error)}"
+        if self.listener is not None and not self.listener.connected:
+            return "database listener reconnecting"
+        return None
+
+    storage_failure = staticmethod(storage_failure)
+
+    # -- transactions ----------------------------------------------------------
+
+    async def transact(self, changes: Changes) -> list[Any]:
+        """Every change, then COMMIT, or nothing: the radar users' rows locked first, then sends."""
+        results: list[Any] = [None] * len(changes)
+        groups = by_kind(changes)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await _lock_radar_users(conn, changes)
+            for kind in (Change.SEND, Change.READ_POSITIONS, Change.ONE_OFF):
+                indexes = groups.get(kind)
+                if not indexes:
+                    continue
+                items = [changes[i][1] for i in indexes]
+                outcomes = await (_insert_messages(conn, items, self.origin) if kind is Change.SEND
+                                  else _APPLY[kind](conn, items))
+                for index, outcome in zip(indexes, outcomes, strict=True):
+                    results[index] = outcome
+        return results
+
+    # -- one-off writes (run by the writer: ``writer.run(op)``) ---------------------
+
+    def save_account(
+        self, table: str, account_id: int | None, given: dict[str, str], new_row: dict[str, Any] | None
+    ) -> Op:
+        """Update ``given`` on an existing account, else insert ``new_row`` (with ``account_id`` if set;
+        None: the fields given cannot make a new account)."""
+
+        async def op(conn: Conn) -> tuple[int, str]:
+            if account_id is not None:
+                existing = await conn.fetchval(f"SELECT token FROM {table} WHERE id = $1", account_id)
+                if existing is not None:
+                    if given:
+                        assignments = ", ".join(f"{name} = ${n}" for n, name in enumerate(given, start=2))
+                        await conn.execute(f"UPDATE {table} SET {assignments} WHERE id = $1", account_id, *given.values())
+                    return account_id, given.get("token", existing)
+            if new_row is None:
+                raise AccountNeedsName()
+            row = dict(new_row)
+            # new ids follow the largest so far, as SQLite's rowids do; the lock lets no other insert in between
+            await conn.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+            row["id"] = account_id if account_id is not None else await conn.fetchval(
+                f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")
+            placeholders = ", ".join(f"${n}" for n in range(1, len(row) + 1))
+            await conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({placeholders})", *row.values())
+            return row["id"], row["token"]
+
+        return op
+
+    def add_numbered_accounts(self, tables: list[tuple[str, NumberedRows]]) -> Op:
+        """Per table, insert ``rows(largest id so far)``: (id, username, token) each; all in one transaction."""
+
+        async def op(conn: Conn) -> list[list[tuple[int, str, str]]]:
+            made = []
+            for table, rows in tables:
+                await conn.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+                made.append(rows(await conn.fetchval(f"SELECT COALESCE(MAX(id), 0) FROM {table}")))
+                await conn.copy_records_to_table(table, records=made[-1], columns=("id", "username", "token"))
+            return made
+
+        return op
+
+    def probe_write(self) -> Op:
+        """PostgreSQL manages its own disk: the probe only asks whether a transaction goes through."""
+
+        async def op(conn: Conn) -> None:
+            await conn.execute("SELECT 1")
+
+        return op
+
+
+# -- each kind of change, applied as one list ------------------------------------------
+
+
+async def _lock_radar_users(conn: Conn, changes: Changes) -> None:
+    """Lock the row of every radar user whose messages or read positions the transaction
+    writes, in id order: their ids are then taken and committed in that order."""
+    user_ids: set[int] = set()
+    for kind, item in changes:
+        if kind is Change.SEND:
+            user_ids.add(item.user_id)
+        elif kind is Change.READ_POSITIONS:
+            user_ids.update(user_id for _, user_id in item[1])
+    if user_ids:
+        await conn.execute(
+            "SELECT 1 FROM radar_user WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", sorted(user_ids)
+        )
+
+
+async def _insert_messages(
+    conn: Conn, batch: list[Outgoing], origin: str
+) -> list[tuple[SendReceipt, bool]]:
+    pairs, keys = pairs_and_keys(batch)
+    rows = await conn.fetch(
+        "SELECT c.customer_id, c.user_id FROM unnest($1::bigint[], $2::bigint[]) AS v(customer_id, user_id)"
+        " JOIN conversation c USING (customer_id, user_id)",
+        [customer_id for customer_id, _ in pairs], [user_id for _, user_id in pairs],
+    )
+    conversations: set[Pair] = {(row[0], row[1]) for row in rows}
+    earlier: dict[SenderKey, SendReceipt] = {}
+    if keys:
+        for row in await conn.fetch(
+            "SELECT k.send_type, k.sender_id, k.client_msg_id, m.id, m.created_at"
+            " FROM unnest($1::integer[], $2::bigint[], $3::text[]) AS v(send_type, sender_id, client_msg_id)"
+            " JOIN client_message k USING (send_type, sender_id, client_msg_id)"
+            " JOIN message m ON m.id = k.message_id",
+            [key[0] for key in keys], [key[1] for key in keys], [key[2] for key in keys],
+        ):
+            earlier[(row[0], row[1], row[2])] = SendReceipt(row[3], row[4], duplicate=True)
+    # taken after the radar users' rows are locked (see the module docstring); one per send, a repeat's unused
+    ids = sorted(row[0] for row in await conn.fetch(
+        "SELECT nextval('message_id_seq') FROM generate_series(1, $1)", len(batch)))
+    planned = plan_sends(batch, conversations, earlier, iter(ids))
+    if planned.messages:
+        await conn.executemany(
+            "INSERT INTO message (id, customer_id, user_id, send_type, content, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            planned.messages,
+        )
+        await conn.executemany(
+            "INSERT INTO conversation (customer_id, user_id, first_message_id, last_message_id,"
+            " last_customer_message_id) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (customer_id, user_id) DO UPDATE SET"
+            " last_message_id = EXCLUDED.last_message_id,"
+            " last_customer_message_id = GREATEST(conversation.last_customer_message_id,"
+            " EXCLUDED.last_customer_message_id)",
+            planned.conversations,
+        )
+        await conn.execute(
+            "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+            CHANNEL, doorbells(origin, {(row[1], row[2]) for row in planned.messages}),
+        )
+    if planned.client_keys:
+        await conn.executemany(
+            "INSERT INTO client_message (send_type, sender_id, client_msg_id, message_id) VALUES ($1, $2, $3, $4)",
+            planned.client_keys,
+        )
+    return planned.results
+
+
+def doorbells(origin: str, pairs: set[Pair]) -> list[str]:
+    """NOTIFY payloads naming ``pairs``: ``"<origin> customer:user,customer:user,..."``, each under 8000 bytes."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = len(origin) + 1
+    for customer_id, user_id in sorted(pairs):
+        key = f"{customer_id}:{user_id}"
+        if current and size + len(key) + 1 > MAX_PAYLOAD_BYTES:
+            payloads.append(f"{origin} {','.join(current)}")
+            current, size = [], len(origin) + 1
+        current.append(key)
+        size += len(key) + 1
+    if current:
+        payloads.append(f"{origin} {','.join(current)}")
+    return payloads
+
+
+def rung(payload: str) -> tuple[str, list[Pair]]:
+    """The origin and the conversations of a doorbell payload."""
+    origin, _, keys = payload.partition(" ")
+    pairs = []
+    for key in keys.split(","):
+        customer_id, _, user_id = key.partition(":")
+        if customer_id.isdigit() and user_id.isdigit():
+            pairs.append((int(customer_id), int(user_id)))
+    return origin, pairs
+
+
+async def _move_read_positions(conn: Conn, batch: list[tuple[Side, dict[Pair, int]]]) -> list[None]:
+    """Positions only move forward, so a late or repeated mark is harmless."""
+    for side in Side:
+        rows = [
+            (up_to, customer_id, user_id)
+            for batch_side, positions in batch if batch_side is side
+            for (customer_id, user_id), up_to in positions.items()
+        ]
+        if rows:
+            column = side.value
+            await conn.executemany(
+                f"UPDATE conversation SET {column} = $1 WHERE customer_id = $2 AND user_id = $3 AND {column} < $1",
+                rows,
+            )
+    return [None] * len(batch)
+
+
+async def _one_offs(conn: Conn, ops: list[Op]) -> list[Any]:
+    return [await op(conn) for op in ops]
+
+
+_APPLY: dict[Change, Callable[[Conn, list[Any]], Awaitable[list[Any]]]] = {
+    Change.READ_POSITIONS: _move_read_positions,
+    Change.ONE_OFF: _one_offs,
+}
+
+
+def _reason(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+# -- LISTEN ---------------------------------------------------------------------------
+
+
+class Listener:
+    """This process's own connection for LISTEN, outside the pool, and its reconnection."""
+
+    def __init__(self, url: str, origin: str, waiters: Waiters) -> None:
+        self.url = url
+        self.origin = origin
+        self.waiters = waiters
+        self._conn: Conn | None = None
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self._lost = asyncio.Event()
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def start(self) -> None:
+        """Connect and LISTEN now (a failure here stops the start); from then on, stay connected."""
+        await self._connect()
+        self._task = asyncio.get_running_loop().create_task(self._stay_connected())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close(timeout=CONNECT_TIMEOUT_SECONDS)
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_SECONDS)
+        await conn.add_listener(CHANNEL, self._rung)
+        conn.add_termination_listener(lambda _conn: self._lost.set())
+        self._lost.clear()
+        self._conn = conn
+
+    def _rung(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        origin, pairs = rung(str(payload))
+        if origin == self.origin:  # this process woke its own waiters at COMMIT, with the messages in hand
+            return
+        self.waiters.notify((customer_id, user_id, None) for customer_id, user_id in pairs
+                            if self.waiters.awaited(customer_id, user_id))
+
+    async def _stay_connected(self) -> None:
+        """Once the connection is lost (or stops answering the check made every
+        LISTENER_CHECK_SECONDS: a silent network loss sends no FIN), reconnect with
+        backoff, LISTEN again, and wake every local waiter to read again."""
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._lost.wait(), LISTENER_CHECK_SECONDS)
+            except TimeoutError:
+                if await self._answers():
+                    continue
+            if self._conn is not None:
+                self._conn.terminate()
+                self._conn = None
+            count_error("listener")
+            log.warning("database listener lost its connection; reconnecting")
+            delay = RECONNECT_FIRST_SECONDS
+            while not self._closing:
+                try:
+                    await self._connect()
+                    break
+                except Exception as error:  # out of reach still: try again later
+                    log.debug("listener reconnect failed: %s", _reason(error))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+            self.reconnects += 1
+            log.warning("database listener reconnected: every held request reads again")
+            self.waiters.wake_all()
+
+    async def _answers(self) -> bool:
+        assert self._conn is not None
+        try:
+            await self._conn.execute("SELECT 1", timeout=CONNECT_TIMEOUT_SECONDS)
+        except Exception:
+            return False
+        return True
