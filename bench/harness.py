@@ -2,13 +2,19 @@
 demo accounts, signed URLs, a lean keep-alive HTTP client on raw asyncio streams,
 and readings of the server's CPU time and memory from /proc.
 
+``--backend postgresql`` (``add_backend_arguments``) runs the same benchmark on
+a PostgreSQL cluster the harness starts itself (tests/postgres.py, with
+PostgreSQL's default fsync), and ``--processes N`` serves it with N workers.
+
 The client is deliberately minimal (one connection = one reader/writer pair, no
 per-request objects beyond the bytes) so that the load generator is not the
 bottleneck on a 2-core machine shared with the server.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import atexit
 import hashlib
 import json
 import os
@@ -66,46 +72,115 @@ def sample(pid: int) -> ProcessSample:
     return ProcessSample(cpu, rss_kb / 1024, time.monotonic())
 
 
+def sample_all(pids: list[int]) -> ProcessSample:
+    """The processes together: CPU and RSS summed."""
+    samples = [sample(pid) for pid in pids]
+    return ProcessSample(sum(s.cpu_seconds for s in samples), sum(s.rss_mb for s in samples), time.monotonic())
+
+
 def cpu_percent(before: ProcessSample, after: ProcessSample) -> float:
     return 100.0 * (after.cpu_seconds - before.cpu_seconds) / max(after.at - before.at, 1e-9)
 
 
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the database the server runs on (postgresql: a throwaway cluster started here)")
+    parser.add_argument("--processes", type=int, default=1, help="server worker processes (PostgreSQL only)")
+
+
+_cluster = None
+
+
+def postgres_cluster():
+    """One throwaway cluster per benchmark run, durable as PostgreSQL's defaults are; stopped at exit."""
+    global _cluster
+    if _cluster is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from postgres import Cluster
+
+        _cluster = Cluster(durable=True)
+        atexit.register(_cluster.destroy)
+    return _cluster
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU the PostgreSQL server has used so far: the postmaster, its live backends, and
+    the backends that have exited (counted in the postmaster's cutime and cstime)."""
+    if _cluster is None:
+        return 0.0
+    parent = int((_cluster.data / "postmaster.pid").read_text().split()[0])
+    with open(f"/proc/{parent}/stat") as file:
+        fields = file.read().rsplit(")", 1)[1].split()
+    total = sum(int(value) for value in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
+    return total + sum(sample(child).cpu_seconds for child in children(parent) if Path(f"/proc/{child}").exists())
+
+
+def own_cpu_seconds() -> float:
+    """The load generator's own CPU (this process)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 class ChatServer:
-    """``python leida_chat.py serve`` on a fresh database in a temp dir."""
+    """``python leida_chat.py serve`` on a fresh database: a SQLite file in a temp dir,
+    or a database of its own in the harness's PostgreSQL cluster."""
 
     def __init__(self, users: int, customers: int, env: dict[str, str] | None = None,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, backend: str = "sqlite", processes: int = 1,
+                 database: str | None = None) -> None:
+        """``database``: serve one that another ChatServer made (several servers, one database)."""
         self.dir = Path(tempfile.mkdtemp(prefix="leida-bench-"))
-        self.db = self.dir / "bench.db"
+        self.processes = processes
+        self.db = database or (postgres_cluster().new_database() if backend == "postgresql"
+                               else str(self.dir / "bench.db"))
         self.port = free_port()
         self.env = {**os.environ, "LEIDA_LOG_ACCESS": "false", "LEIDA_METRICS_PORT": "0",
                     "LEIDA_LONGPOLL_MAX_WAITERS": str(customers + 1000), **(env or {})}
         self.python = python
-        accounts_file = self.dir / "accounts.json"
-        subprocess.run(
-            [python, str(ROOT / "leida_chat.py"), "demo-accounts", "--db", str(self.db),
-             "--users", str(users), "--customers", str(customers), "--json", str(accounts_file)],
-            check=True, env=self.env, stdout=subprocess.DEVNULL, timeout=120,
-        )
-        accounts = json.loads(accounts_file.read_text())
-        self.users = {int(k): v for k, v in accounts["users"].items()}
-        self.customers = {int(k): v for k, v in accounts["customers"].items()}
+        self.users: dict[int, str] = {}
+        self.customers: dict[int, str] = {}
+        if database is None:
+            accounts_file = self.dir / "accounts.json"
+            subprocess.run(
+                [python, str(ROOT / "leida_chat.py"), "demo-accounts", "--db", self.db,
+                 "--users", str(users), "--customers", str(customers), "--json", str(accounts_file)],
+                check=True, env=self.env, stdout=subprocess.DEVNULL, timeout=120,
+            )
+            accounts = json.loads(accounts_file.read_text())
+            self.users = {int(k): v for k, v in accounts["users"].items()}
+            self.customers = {int(k): v for k, v in accounts["customers"].items()}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ChatServer:
         self.log = open(self.dir / "server.log", "w")
         self.process = subprocess.Popen(
-            [self.python, str(ROOT / "leida_chat.py"), "serve", "--db", str(self.db),
-             "--host", "127.0.0.1", "--port", str(self.port)],
+            [self.python, str(ROOT / "leida_chat.py"), "serve", "--db", self.db,
+             "--host", "127.0.0.1", "--port", str(self.port), "--processes", str(self.processes)],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, self.process)
+        deadline = time.monotonic() + 20
+        while len(self.worker_pids) < self.processes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3 if self.processes > 1 else 0)  # every worker serving, not only forked
         return self
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The processes that serve: the one server, or the workers under ``--processes``."""
+        return children(self.pid) if self.processes > 1 else [self.pid]
 
     def stop(self) -> int:
         if self.process is None:

@@ -9,6 +9,12 @@ to receiving the held getmsg's answer. Prints a table and one JSON line.
 
     python bench/longpoll.py                       # 10,000 held, 5,000 replies at 1,000/s
     python bench/longpoll.py --waiters 2000 --replies 500 --rate 200
+    python bench/longpoll.py --backend postgresql --processes 2   # workers on one port
+    python bench/longpoll.py --backend postgresql --servers 2     # every send wakes a waiter on the other server
+
+With ``--servers N`` (PostgreSQL), N servers share one database on N ports;
+the held requests are split over them and each reply is sent to a server
+other than the one holding its waiter, so every delivery crosses processes.
 """
 from __future__ import annotations
 
@@ -23,11 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     ChatServer,
     Connection,
+    add_backend_arguments,
     cpu_percent,
+    own_cpu_seconds,
     percentile,
+    postgres_cpu_seconds,
     print_table,
     raise_open_file_limit,
-    sample,
+    sample_all,
     signed_path,
 )
 
@@ -55,18 +64,27 @@ async def hold(port: int, customer_id: int, token: str, user_id: int, wait: floa
 
 async def run(args: argparse.Namespace) -> dict:
     raise_open_file_limit()
-    server = ChatServer(users=1, customers=args.waiters, python=args.python)
+    server = ChatServer(users=1, customers=args.waiters, python=args.python, backend=args.backend,
+                        processes=args.processes)
+    servers = [server] + [ChatServer(0, args.waiters, python=args.python, processes=args.processes,
+                                     database=server.db) for _ in range(args.servers - 1)]
     (user_id, user_token), = server.users.items()
     customers = sorted(server.customers.items())
+    #: the server holding each customer's getmsg (its index in ``servers``), and where its reply goes
+    holder = {cid: index % len(servers) for index, (cid, _) in enumerate(customers)}
     received: dict[int, float] = {}
     errors: list[int] = []
     connections: list[Connection] = []
+    for other in servers[1:]:
+        other.start()
     with server:
+        pids = [pid for each in servers for pid in each.worker_pids]
         started = time.monotonic()
         for first in range(0, len(customers), args.connect_batch):
             batch = customers[first:first + args.connect_batch]
             connections += await asyncio.gather(*(
-                hold(server.port, cid, token, user_id, args.wait, received, errors) for cid, token in batch
+                hold(servers[holder[cid]].port, cid, token, user_id, args.wait, received, errors)
+                for cid, token in batch
             ))
         connect_seconds = time.monotonic() - started
         # The server is still working through the last getmsg requests for a moment
@@ -75,15 +93,17 @@ async def run(args: argparse.Namespace) -> dict:
         await asyncio.sleep(args.settle_seconds)
         held_before = args.waiters - len(received)
 
-        idle_start = sample(server.pid)
+        idle_start = sample_all(pids)
         await asyncio.sleep(args.idle_seconds)
-        idle_end = sample(server.pid)
+        idle_end = sample_all(pids)
         answered_early = len(received)
 
         # Replies: a pool of keep-alive connections for the radar user's sends.
-        senders: asyncio.Queue[Connection] = asyncio.Queue()
-        for _ in range(args.send_connections):
-            senders.put_nowait(await Connection.open(server.port))
+        # (with several servers, one pool per server; a reply goes to the next server after its waiter's)
+        senders: list[asyncio.Queue[Connection]] = [asyncio.Queue() for _ in servers]
+        for pool, each in zip(senders, servers, strict=True):
+            for _ in range(args.send_connections):
+                pool.put_nowait(await Connection.open(each.port))
         sent_at: dict[int, float] = {}
         send_failures = 0
         targets = [cid for cid, _ in customers[:args.replies]]
@@ -91,16 +111,18 @@ async def run(args: argparse.Namespace) -> dict:
 
         async def reply(customer_id: int) -> None:
             nonlocal send_failures
-            connection = await senders.get()
+            pool = senders[(holder[customer_id] + 1) % len(servers)]
+            connection = await pool.get()
             sent_at[customer_id] = time.perf_counter()
             status, body = await connection.request(
                 "POST", signed_path(RADAR_SEND, user_id, user_token), body_template.format(customer_id).encode())
             if status != 200 or b'"code":200' not in body:
                 send_failures += 1
-            senders.put_nowait(connection)
+            pool.put_nowait(connection)
 
         send_start = time.perf_counter()
-        busy_start = sample(server.pid)
+        busy_start = sample_all(pids)
+        postgres_start, loadgen_start = postgres_cpu_seconds(), own_cpu_seconds()
         tasks = []
         for index, customer_id in enumerate(targets):
             delay = send_start + index / args.rate - time.perf_counter()
@@ -112,19 +134,28 @@ async def run(args: argparse.Namespace) -> dict:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and sum(1 for c in targets if c in received) < len(targets):
             await asyncio.sleep(0.05)
-        busy_end = sample(server.pid)
+        busy_end = sample_all(pids)
+        postgres_busy = postgres_cpu_seconds() - postgres_start
+        loadgen_busy = own_cpu_seconds() - loadgen_start
+        busy_seconds = busy_end.at - busy_start.at
         delivered = [c for c in targets if c in received]
         latencies = sorted((received[c] - sent_at[c]) * 1000 for c in delivered)
         still_held = args.waiters - len(received)
 
         for connection in connections:
             connection.close()
+    for other in servers[1:]:
+        other.stop()
     return {
+        "backend": args.backend,
+        "servers": len(servers),
+        "processes_per_server": args.processes,
         "waiters": args.waiters,
         "held": held_before,
         "answered_before_any_reply": answered_early,
         "connect_seconds": round(connect_seconds, 2),
         "server_rss_mb": round(idle_end.rss_mb, 1),
+        "server_rss_mb_per_process": round(idle_end.rss_mb / len(pids), 1),
         "idle_cpu_percent": round(cpu_percent(idle_start, idle_end), 2),
         "idle_seconds": args.idle_seconds,
         "replies": len(targets),
@@ -140,6 +171,8 @@ async def run(args: argparse.Namespace) -> dict:
         "latency_ms_p99": round(percentile(latencies, 0.99), 3),
         "latency_ms_max": round(latencies[-1], 3) if latencies else None,
         "server_cpu_percent_during_replies": round(cpu_percent(busy_start, busy_end), 1),
+        "postgres_cpu_percent_during_replies": round(100 * postgres_busy / busy_seconds, 1),
+        "loadgen_cpu_percent_during_replies": round(100 * loadgen_busy / busy_seconds, 1),
         "server_rss_mb_after": round(busy_end.rss_mb, 1),
     }
 
@@ -155,7 +188,12 @@ def main() -> None:
     parser.add_argument("--send-connections", type=int, default=32)
     parser.add_argument("--connect-batch", type=int, default=500)
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the server")
+    parser.add_argument("--servers", type=int, default=1,
+                        help="servers on one PostgreSQL database; each reply goes to another server than its waiter's")
+    add_backend_arguments(parser)
     args = parser.parse_args()
+    if args.servers > 1 and args.backend != "postgresql":
+        parser.error("--servers needs --backend postgresql")
     if args.replies > args.waiters:
         parser.error("--replies must not exceed --waiters")
     result = asyncio.run(run(args))

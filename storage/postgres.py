@@ -124,9 +124,12 @@ class PostgresDatabase:
     async def open(cls, url: str, pool_size: int = 10) -> PostgresDatabase:
         """Connect a pool to ``url`` and bring the schema up to date; ``DatabaseUnreachable`` if it cannot."""
         try:
+            # min_size 0: connections open on demand. With a floor, asyncpg's pool reconnects by
+            # itself during an outage and logs a traceback for every attempt that fails.
             pool = await asyncpg.create_pool(
-                url, min_size=min(2, pool_size), max_size=pool_size, timeout=CONNECT_TIMEOUT_SECONDS,
+                url, min_size=0, max_size=pool_size, timeout=CONNECT_TIMEOUT_SECONDS,
             )
+            await pool.execute("SELECT 1")  # reach the database now: a wrong URL stops the start
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise DatabaseUnreachable(f"cannot connect to {without_password(url)}: {_reason(error)}") from None
         try:
@@ -367,6 +370,9 @@ _APPLY: dict[Change, Callable[[Conn, list[Any]], Awaitable[list[Any]]]] = {
 
 
 def _reason(error: BaseException) -> str:
+    """What went wrong, in words (an OSError by its errno: asyncio and uvloop word the rest differently)."""
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
     return str(error) or type(error).__name__
 
 

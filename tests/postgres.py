@@ -44,8 +44,11 @@ def missing_binaries() -> str | None:
 
 
 def require_postgres() -> None:
+    """Skip without the binaries; fail instead where CI says they must be there."""
     reason = missing_binaries()
     if reason is not None:
+        if os.environ.get("LEIDA_TEST_REQUIRE_POSTGRES"):
+            pytest.fail(f"LEIDA_TEST_REQUIRE_POSTGRES is set, and {reason}")
         pytest.skip(reason)
 
 
@@ -60,7 +63,8 @@ def _as_postgres_user() -> None:
 class Cluster:
     """One ``initdb``-made cluster in a temp dir, on a free port; stopped by ``stop()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        """``durable``: PostgreSQL's defaults for fsync (the benchmarks); the tests turn it off for speed."""
         require_postgres()
         self.root = Path(tempfile.mkdtemp(prefix="leida-pg-"))
         if os.geteuid() == 0:
@@ -71,10 +75,11 @@ class Cluster:
         self._names = itertools.count(1)
         self.run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
                  "--locale=C", "--no-sync")
-        (self.data / "postgresql.conf").open("a").write(
-            f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.root}'\n"
-            "max_connections = 300\nfsync = off\nfull_page_writes = off\n"
-        )
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.root}'\n"
+                       "max_connections = 300\n")
+            if not durable:
+                conf.write("fsync = off\nfull_page_writes = off\n")
         self.start()
 
     def run(self, program: str, *args: str) -> subprocess.CompletedProcess:
