@@ -64,12 +64,14 @@ async def hold(port: int, customer_id: int, token: str, user_id: int, wait: floa
 
 async def run(args: argparse.Namespace) -> dict:
     raise_open_file_limit()
-    server = ChatServer(users=1, customers=args.waiters, python=args.python, backend=args.backend,
+    server = ChatServer(users=args.users, customers=args.waiters, python=args.python, backend=args.backend,
                         processes=args.processes)
     servers = [server] + [ChatServer(0, args.waiters, python=args.python, processes=args.processes,
                                      database=server.db) for _ in range(args.servers - 1)]
-    (user_id, user_token), = server.users.items()
+    users = sorted(server.users.items())
     customers = sorted(server.customers.items())
+    #: each customer's conversation is with one radar user, who replies to it
+    rep = {cid: users[index % len(users)] for index, (cid, _) in enumerate(customers)}
     #: the server holding each customer's getmsg (its index in ``servers``), and where its reply goes
     holder = {cid: index % len(servers) for index, (cid, _) in enumerate(customers)}
     received: dict[int, float] = {}
@@ -83,7 +85,7 @@ async def run(args: argparse.Namespace) -> dict:
         for first in range(0, len(customers), args.connect_batch):
             batch = customers[first:first + args.connect_batch]
             connections += await asyncio.gather(*(
-                hold(servers[holder[cid]].port, cid, token, user_id, args.wait, received, errors)
+                hold(servers[holder[cid]].port, cid, token, rep[cid][0], args.wait, received, errors)
                 for cid, token in batch
             ))
         connect_seconds = time.monotonic() - started
@@ -114,6 +116,7 @@ async def run(args: argparse.Namespace) -> dict:
             pool = senders[(holder[customer_id] + 1) % len(servers)]
             connection = await pool.get()
             sent_at[customer_id] = time.perf_counter()
+            user_id, user_token = rep[customer_id]
             status, body = await connection.request(
                 "POST", signed_path(RADAR_SEND, user_id, user_token), body_template.format(customer_id).encode())
             if status != 200 or b'"code":200' not in body:
@@ -148,6 +151,7 @@ async def run(args: argparse.Namespace) -> dict:
         other.stop()
     return {
         "backend": args.backend,
+        "radar_users": len(users),
         "servers": len(servers),
         "processes_per_server": args.processes,
         "waiters": args.waiters,
@@ -188,6 +192,8 @@ def main() -> None:
     parser.add_argument("--send-connections", type=int, default=32)
     parser.add_argument("--connect-batch", type=int, default=500)
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the server")
+    parser.add_argument("--users", type=int, default=1,
+                        help="radar users; the customers are spread over them and each replies to its own")
     parser.add_argument("--servers", type=int, default=1,
                         help="servers on one PostgreSQL database; each reply goes to another server than its waiter's")
     add_backend_arguments(parser)

@@ -3,7 +3,9 @@
 
 All three are driven by wrk (32 connections, 2 threads) in the same run on the
 same machine. send_msg is the real thing: signed, validated, and durable in
-SQLite before its 200. Every answer's envelope is checked; any code other than
+the database before its 200 (``--backend postgresql --processes N``: on a
+throwaway PostgreSQL cluster, served by N workers; the server's CPU is all
+workers', PostgreSQL's and wrk's are given beside it). Every answer's envelope is checked; any code other than
 200 counts as an error. Prints each rate, the ratios, and one JSON line.
 
     python bench/throughput.py                      # 10 s per target
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -23,7 +26,17 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ChatServer, cpu_percent, free_port, print_table, sample, signed_path, wait_for_port  # noqa: E402
+from harness import (  # noqa: E402
+    ChatServer,
+    add_backend_arguments,
+    cpu_percent,
+    free_port,
+    postgres_cpu_seconds,
+    print_table,
+    sample_all,
+    signed_path,
+    wait_for_port,
+)
 
 HERE = Path(__file__).resolve().parent
 CUSTOMER_SEND = "/zhugeleida/gongzhonghao/chat/send_msg/0"
@@ -81,11 +94,15 @@ def lua_script(requests: list[tuple[str, str, str]]) -> str:
 def run_wrk(port: int, script: str, seconds: float, connections: int, threads: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
         file.write(script)
+    postgres_before, children_before = postgres_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
     output = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", file.name,
          f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, timeout=seconds + 60,
     ).stdout
+    postgres_busy = postgres_cpu_seconds() - postgres_before
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, the one child reaped meanwhile
+    wrk_busy = (children_after.ru_utime - children_before.ru_utime) + (children_after.ru_stime - children_before.ru_stime)
     if "Requests/sec" not in output:
         raise RuntimeError(f"wrk failed:\n{output}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
@@ -95,7 +112,9 @@ def run_wrk(port: int, script: str, seconds: float, connections: int, threads: i
     p50 = re.search(r"50%\s+([\d.]+\w+)", output).group(1)
     p99 = re.search(r"99%\s+([\d.]+\w+)", output).group(1)
     return {"rate": rate, "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
-            "socket_errors": socket_errors.group(1) if socket_errors else "none", "p50": p50, "p99": p99}
+            "socket_errors": socket_errors.group(1) if socket_errors else "none", "p50": p50, "p99": p99,
+            "wrk_cpu_percent": round(100 * wrk_busy / seconds, 1),
+            "postgres_cpu_percent": round(100 * postgres_busy / seconds, 1)}
 
 
 def main() -> None:
@@ -107,6 +126,8 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs both servers")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=None,
                         help="event loop of both servers (default: uvloop if the interpreter has it)")
+    parser.add_argument("--skip-bare", action="store_true", help="measure leida-chat only (the bare handler is not rerun)")
+    add_backend_arguments(parser)
     args = parser.parse_args()
     if args.loop is None:
         has_uvloop = subprocess.run([args.python, "-c", "import uvloop"], capture_output=True).returncode == 0
@@ -116,19 +137,22 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     bare_port = free_port()
-    bare = subprocess.Popen([args.python, str(HERE / "bare_tornado.py"), str(bare_port), args.loop])
+    bare = None if args.skip_bare else subprocess.Popen(
+        [args.python, str(HERE / "bare_tornado.py"), str(bare_port), args.loop])
     try:
-        wait_for_port(bare_port, bare)
-        results["bare_get"] = run_wrk(bare_port, lua_script([("GET", "/bare", "")]), args.seconds,
-                                      args.connections, args.threads)
-        results["bare_post"] = run_wrk(bare_port, lua_script([("POST", "/bare", "u_id=1&content=x")]),
-                                       args.seconds, args.connections, args.threads)
+        if bare is not None:
+            wait_for_port(bare_port, bare)
+            results["bare_get"] = run_wrk(bare_port, lua_script([("GET", "/bare", "")]), args.seconds,
+                                          args.connections, args.threads)
+            results["bare_post"] = run_wrk(bare_port, lua_script([("POST", "/bare", "u_id=1&content=x")]),
+                                           args.seconds, args.connections, args.threads)
     finally:
-        bare.terminate()
-        bare.wait()
+        if bare is not None:
+            bare.terminate()
+            bare.wait()
 
     server = ChatServer(users=1, customers=args.customers, python=args.python,
-                        env={"LEIDA_SERVER_EVENT_LOOP": args.loop})
+                        env={"LEIDA_SERVER_EVENT_LOOP": args.loop}, backend=args.backend, processes=args.processes)
     (user_id, _), = server.users.items()
     content = "%7B%22info_type%22%3A1%2C%22msg%22%3A%22throughput%20bench%20%F0%9F%98%80%22%7D"
     sends = [("POST", signed_path(CUSTOMER_SEND, cid, token), f"u_id={user_id}&content={content}")
@@ -136,15 +160,17 @@ def main() -> None:
     polls = [("GET", signed_path(CUSTOMER_GETMSG, cid, token, u_id=user_id, wait=0), "")
              for cid, token in server.customers.items()]
     with server:
-        before = sample(server.pid)
+        pids = server.worker_pids
+        before = sample_all(pids)
         results["send_msg"] = run_wrk(server.port, lua_script(sends), args.seconds, args.connections, args.threads)
-        middle = sample(server.pid)
+        middle = sample_all(pids)
         results["getmsg_wait0"] = run_wrk(server.port, lua_script(polls), args.seconds, args.connections,
                                           args.threads)
-        after = sample(server.pid)
+        after = sample_all(pids)
     results["send_msg"]["server_cpu_percent"] = round(cpu_percent(before, middle), 1)
     results["getmsg_wait0"]["server_cpu_percent"] = round(cpu_percent(middle, after), 1)
-    ratios = {
+    results["send_msg"]["server_rss_mb_per_process"] = round(middle.rss_mb / len(pids), 1)
+    ratios = {} if bare is None else {
         "send_msg_vs_bare_post": round(results["send_msg"]["rate"] / results["bare_post"]["rate"], 3),
         "getmsg_vs_bare_get": round(results["getmsg_wait0"]["rate"] / results["bare_get"]["rate"], 3),
     }
@@ -154,8 +180,8 @@ def main() -> None:
                  (f"{name} latency p50/p99", f"{result['p50']} / {result['p99']}")]
     rows += list(ratios.items())
     print_table(f"throughput: wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s, {args.loop} loop", rows)
-    print(json.dumps({"bench": "throughput", "loop": args.loop, "connections": args.connections, "seconds": args.seconds,
-                      **results, **ratios}))
+    print(json.dumps({"bench": "throughput", "backend": args.backend, "processes": args.processes, "loop": args.loop,
+                      "connections": args.connections, "seconds": args.seconds, **results, **ratios}))
 
 
 if __name__ == "__main__":
