@@ -468,7 +468,7 @@ class ChatStore:
     def _queue_read_positions(self, side: Side, positions: dict[tuple[int, int], int]) -> asyncio.Future:
         """Positions only move forward, so a late or repeated mark is harmless."""
         mark = self._writer.enqueue(Change.READ_POSITIONS, (side, positions), urgent=False)
-        keys = [*positions, *{user_id for _, user_id in positions}]
+        keys: list[int | tuple[int, int]] = [*positions, *{user_id for _, user_id in positions}]
         for key in keys:
             self._unsettled_marks.setdefault(key, set()).add(mark)
 
