@@ -141,7 +141,7 @@ class ChatServer:
         self.db = database or (postgres_cluster().new_database() if backend == "postgresql"
                                else str(self.dir / "bench.db"))
         self.port = free_port()
-        self.env = {**os.environ, "LEIDA_LOG_ACCESS": "false", "LEIDA_METRICS_PORT": "0",
+        self.env = {"LEIDA_METRICS_PORT": "0", **os.environ, "LEIDA_LOG_ACCESS": "false",
                     "LEIDA_LONGPOLL_MAX_WAITERS": str(customers + 1000), **(env or {})}
         self.python = python
         self.users: dict[int, str] = {}

@@ -22,6 +22,14 @@ differ from SQLite, and they are why this module exists:
   and per inbox) rely on.
 - **Outages.** A database out of reach is a ``StorageFailing`` (503 with
   Retry-After), for reads as for writes; the pool reconnects by itself.
+
+Reads go through the pool on the event loop. The writer's transactions run on
+a thread of their own, with an event loop and a connection of their own
+(``WriterThread``): a transaction is five round trips, and on the busy main
+loop each round trip's answer waited for a whole turn of the loop (at 1,000
+messages/s, 30 requests' worth of work), which made a batch take 22 ms instead
+of 4 (bench/README.md, "Backends"). On its own loop, an answer waits at most
+for the GIL (``sys.setswitchinterval``, 1 ms), and only the result crosses back.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -116,6 +125,7 @@ class PostgresDatabase:
     def __init__(self, url: str, pool: asyncpg.Pool) -> None:
         self.url = url
         self._pool = pool
+        self._writer_thread = WriterThread(url)
         #: names this process in its notifications, so that it does not wake its own waiters twice
         self.origin = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.listener: Listener | None = None
@@ -150,6 +160,7 @@ class PostgresDatabase:
     async def close(self) -> None:
         if self.listener is not None:
             await self.listener.close()
+        await self._writer_thread.stop()
         await self._pool.close()
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
@@ -178,20 +189,27 @@ class PostgresDatabase:
     # -- transactions ----------------------------------------------------------
 
     async def transact(self, changes: Changes) -> list[Any]:
-        """Every change, then COMMIT, or nothing: the radar users' rows locked first, then sends."""
+        """Every change, then COMMIT, or nothing: on the writer's thread (see the module docstring)."""
+        return await self._writer_thread.run(self._transact_there, changes)
+
+    async def _transact_there(self, conn: Conn, changes: Changes) -> list[Any]:
+        """The radar users' rows locked first; then the sends, with the read positions in
+        the same statement, or the read positions alone; then the one-offs."""
         results: list[Any] = [None] * len(changes)
         groups = by_kind(changes)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await _lock_radar_users(conn, changes)
-            for kind in (Change.SEND, Change.READ_POSITIONS, Change.ONE_OFF):
-                indexes = groups.get(kind)
-                if not indexes:
-                    continue
-                items = [changes[i][1] for i in indexes]
-                outcomes = await (_insert_messages(conn, items, self.origin) if kind is Change.SEND
-                                  else _APPLY[kind](conn, items))
-                for index, outcome in zip(indexes, outcomes, strict=True):
+        sends = [changes[i][1] for i in groups.get(Change.SEND, ())]
+        reads = _read_positions([changes[i][1] for i in groups.get(Change.READ_POSITIONS, ())])
+        users = sorted({sent.user_id for sent in sends} | {user_id for _, user_id in reads})
+        async with conn.transaction():
+            if sends:
+                for index, outcome in zip(groups[Change.SEND], await _insert_messages(
+                        conn, sends, users, reads, self.origin), strict=True):
                     results[index] = outcome
+            elif reads:
+                await conn.execute(_LOCK_RADAR_USERS, users)
+                await conn.execute(_MOVE_READ_POSITIONS, *_read_columns(reads))
+            for index in groups.get(Change.ONE_OFF, ()):
+                results[index] = await changes[index][1](conn)
         return results
 
     # -- one-off writes (run by the writer: ``writer.run(op)``) ---------------------
@@ -248,43 +266,59 @@ class PostgresDatabase:
 # -- each kind of change, applied as one list ------------------------------------------
 
 
-async def _lock_radar_users(conn: Conn, changes: Changes) -> None:
-    """Lock the row of every radar user whose messages or read positions the transaction
-    writes, in id order: their ids are then taken and committed in that order."""
-    user_ids: set[int] = set()
-    for kind, item in changes:
-        if kind is Change.SEND:
-            user_ids.add(item.user_id)
-        elif kind is Change.READ_POSITIONS:
-            user_ids.update(user_id for _, user_id in item[1])
-    if user_ids:
-        await conn.execute(
-            "SELECT 1 FROM radar_user WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", sorted(user_ids)
-        )
+#: the rows of the radar users a transaction writes for, locked in id order (send_context does it for sends)
+_LOCK_RADAR_USERS = "SELECT 1 FROM radar_user WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+
+def _move_read_positions(first: int) -> str:
+    """Read positions, moved forward only: one row per conversation, both sides at once (0:
+    not moved), from four arrays that are parameters ``first`` to ``first + 3``."""
+    a, b, c, d = (f"${n}" for n in range(first, first + 4))
+    return (
+        "UPDATE conversation c SET customer_read_id = GREATEST(c.customer_read_id, v.customer_up_to),"
+        " user_read_id = GREATEST(c.user_read_id, v.user_up_to)"
+        f" FROM unnest({a}::bigint[], {b}::bigint[], {c}::bigint[], {d}::bigint[])"
+        " AS v(customer_id, user_id, customer_up_to, user_up_to)"
+        " WHERE c.customer_id = v.customer_id AND c.user_id = v.user_id"
+        " AND (c.customer_read_id < v.customer_up_to OR c.user_read_id < v.user_up_to)"
+    )
+
+
+_MOVE_READ_POSITIONS = _move_read_positions(1)
+
+
+def _read_positions(marks: list[tuple[Side, dict[Pair, int]]]) -> dict[Pair, list[int]]:
+    """Each conversation's furthest marks, [customer's, radar user's]: an UPDATE may touch a row once."""
+    reads: dict[Pair, list[int]] = {}
+    for side, positions in marks:
+        column = 0 if side is Side.CUSTOMER else 1
+        for pair, up_to in positions.items():
+            furthest = reads.setdefault(pair, [0, 0])
+            furthest[column] = max(furthest[column], up_to)
+    return reads
+
+
+def _read_columns(reads: dict[Pair, list[int]]) -> list[list[int]]:
+    return [[pair[0] for pair in reads], [pair[1] for pair in reads],
+            [up_to[0] for up_to in reads.values()], [up_to[1] for up_to in reads.values()]]
 
 
 async def _insert_messages(
-    conn: Conn, batch: list[Outgoing], origin: str
+    conn: Conn, batch: list[Outgoing], users: list[int], reads: dict[Pair, list[int]], origin: str
 ) -> list[tuple[SendReceipt, bool]]:
-    """Two statements, whatever the batch's size (each round trip to the server costs more
-    than the SQL: 0.2-0.5 ms here, bench/README.md): one reads which conversations exist,
-    which client keys were used before, and new message ids; one writes the messages,
-    their conversations and client keys, and rings the doorbell."""
+    """Two statements, whatever the batch's size: under load each round trip waits for
+    the GIL, and costs more than the SQL (bench/README.md, "Backends"). The first
+    (``send_context``, schema.py) locks ``users`` and reads which conversations exist,
+    which client keys were used before, and new message ids; the second writes the
+    messages, their client keys, their conversations, the read positions ``reads`` and
+    rings the doorbell."""
     pairs, keys = pairs_and_keys(batch)
     conversations: set[Pair] = set()
     earlier: dict[SenderKey, SendReceipt] = {}
     ids: list[int] = []
-    # the ids are taken after the radar users' rows were locked (see the module docstring);
-    # one per send, a repeat's left unused
+    # one id per send, a repeat's left unused; taken under the locks (see the module docstring)
     for kind, a, b, c, created_at in await conn.fetch(
-        "SELECT 0, c.customer_id, c.user_id, '', ''"
-        " FROM unnest($1::bigint[], $2::bigint[]) AS v(customer_id, user_id)"
-        " JOIN conversation c USING (customer_id, user_id)"
-        " UNION ALL SELECT 1, k.send_type, k.sender_id, k.client_msg_id, m.id::text || ' ' || m.created_at"
-        " FROM unnest($3::integer[], $4::bigint[], $5::text[]) AS v(send_type, sender_id, client_msg_id)"
-        " JOIN client_message k USING (send_type, sender_id, client_msg_id) JOIN message m ON m.id = k.message_id"
-        " UNION ALL SELECT 2, nextval('message_id_seq'), 0, '', '' FROM generate_series(1, $6)",
-        [pair[0] for pair in pairs], [pair[1] for pair in pairs],
+        "SELECT * FROM send_context($1, $2, $3, $4, $5, $6, $7)",
+        users, [pair[0] for pair in pairs], [pair[1] for pair in pairs],
         [key[0] for key in keys], [key[1] for key in keys], [key[2] for key in keys], len(batch),
     ):
         if kind == 0:
@@ -295,31 +329,39 @@ async def _insert_messages(
         else:
             ids.append(a)
     planned = plan_sends(batch, conversations, earlier, iter(sorted(ids)))
-    if not planned.messages:
-        return planned.results
-    messages = list(zip(*planned.messages, strict=True))
-    keys_written = list(zip(*planned.client_keys, strict=True)) or [(), (), (), ()]
-    # one row per conversation: an upsert may not touch one row twice in a statement
+    # one row per conversation: a statement may touch a row once. A conversation that gets a
+    # message has its read positions moved by the upsert; the others by the UPDATE.
     spans: dict[Pair, list[int]] = {}
     for customer_id, user_id, first_id, last_id, last_customer_id in planned.conversations:
-        span = spans.setdefault((customer_id, user_id), [first_id, last_id, last_customer_id])
+        span = spans.setdefault((customer_id, user_id), [first_id, last_id, last_customer_id, 0, 0])
         span[1], span[2] = last_id, max(span[2], last_customer_id)
+    for pair, (customer_up_to, user_up_to) in list(reads.items()):
+        if pair in spans:
+            spans[pair][3], spans[pair][4] = customer_up_to, user_up_to
+            del reads[pair]
+    messages = list(zip(*planned.messages, strict=True)) or [(), (), (), (), (), ()]
+    keys_written = list(zip(*planned.client_keys, strict=True)) or [(), (), (), ()]
     await conn.execute(
         "WITH new_message AS (INSERT INTO message (id, customer_id, user_id, send_type, content, created_at)"
         "  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::integer[], $5::text[], $6::text[])),"
         " new_key AS (INSERT INTO client_message (send_type, sender_id, client_msg_id, message_id)"
         "  SELECT * FROM unnest($7::integer[], $8::bigint[], $9::text[], $10::bigint[])),"
         " touched AS (INSERT INTO conversation (customer_id, user_id, first_message_id, last_message_id,"
-        "  last_customer_message_id)"
-        "  SELECT * FROM unnest($11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])"
+        "  last_customer_message_id, customer_read_id, user_read_id)"
+        "  SELECT * FROM unnest($11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],"
+        "  $16::bigint[], $17::bigint[])"
         "  ON CONFLICT (customer_id, user_id) DO UPDATE SET last_message_id = EXCLUDED.last_message_id,"
         "  last_customer_message_id = GREATEST(conversation.last_customer_message_id,"
-        "  EXCLUDED.last_customer_message_id))"
-        " SELECT count(pg_notify($16, payload)) FROM unnest($17::text[]) AS payload",
+        "  EXCLUDED.last_customer_message_id),"
+        "  customer_read_id = GREATEST(conversation.customer_read_id, EXCLUDED.customer_read_id),"
+        "  user_read_id = GREATEST(conversation.user_read_id, EXCLUDED.user_read_id)),"
+        f" moved AS ({_move_read_positions(20)})"
+        " SELECT count(pg_notify($18, payload)) FROM unnest($19::text[]) AS payload",
         *messages, *keys_written,
         [pair[0] for pair in spans], [pair[1] for pair in spans],
-        *(list(column) for column in zip(*spans.values(), strict=True)),
+        *(list(zip(*spans.values(), strict=True)) or [(), (), (), (), ()]),
         CHANNEL, doorbells(origin, set(spans)),
+        *_read_columns(reads),
     )
     return planned.results
 
@@ -352,33 +394,6 @@ def rung(payload: str) -> tuple[str, list[Pair]]:
     return origin, pairs
 
 
-async def _move_read_positions(conn: Conn, batch: list[tuple[Side, dict[Pair, int]]]) -> list[None]:
-    """Positions only move forward, so a late or repeated mark is harmless."""
-    for side in Side:
-        rows = [
-            (up_to, customer_id, user_id)
-            for batch_side, positions in batch if batch_side is side
-            for (customer_id, user_id), up_to in positions.items()
-        ]
-        if rows:
-            column = side.value
-            await conn.executemany(
-                f"UPDATE conversation SET {column} = $1 WHERE customer_id = $2 AND user_id = $3 AND {column} < $1",
-                rows,
-            )
-    return [None] * len(batch)
-
-
-async def _one_offs(conn: Conn, ops: list[Op]) -> list[Any]:
-    return [await op(conn) for op in ops]
-
-
-_APPLY: dict[Change, Callable[[Conn, list[Any]], Awaitable[list[Any]]]] = {
-    Change.READ_POSITIONS: _move_read_positions,
-    Change.ONE_OFF: _one_offs,
-}
-
-
 async def _keep_session(_conn: Conn) -> None:
     """What a connection going back to the pool needs besides the rollback of an open
     transaction, which asyncpg does first: nothing. asyncpg's default reset (unlock
@@ -392,6 +407,52 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.errno:
         return os.strerror(error.errno)
     return str(error) or type(error).__name__
+
+
+# -- the writer's thread ------------------------------------------------------------------
+
+
+class WriterThread:
+    """A thread with an event loop and one connection of its own, for the writer's transactions.
+
+    ``run(transaction, *args)`` runs ``transaction(conn, *args)`` there and hands its
+    result (or error) back to the caller's loop. The connection is opened on first
+    use and again after it is lost, so an outage costs the transactions tried during
+    it (StorageFailing) and nothing after.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._loop = asyncio.new_event_loop()
+        self._conn: Conn | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="leida-writer", daemon=True)
+        self._thread.start()
+
+    async def run(self, transaction: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(transaction, *args), self._loop))
+
+    async def _run(self, transaction: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_SECONDS)
+        try:
+            return await transaction(self._conn, *args)
+        except Exception as error:
+            if storage_failure(error) is not None and not self._conn.is_closed():
+                self._conn.terminate()  # its state is unknown: the next transaction connects afresh
+            raise
+
+    async def stop(self) -> None:
+        """Close the connection, then end the thread (the writer has applied everything by now)."""
+        async def close() -> None:
+            if self._conn is not None and not self._conn.is_closed():
+                await self._conn.close(timeout=CONNECT_TIMEOUT_SECONDS)
+
+        try:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close(), self._loop))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._loop.close()
 
 
 # -- LISTEN ---------------------------------------------------------------------------

@@ -203,6 +203,28 @@ POSTGRES_MIGRATIONS: dict[int, str] = {
         FOR EACH STATEMENT EXECUTE FUNCTION account_changed();
     CREATE TRIGGER radar_user_change AFTER INSERT OR UPDATE OR DELETE ON radar_user
         FOR EACH STATEMENT EXECUTE FUNCTION account_changed();
+    -- What a batch of sends needs to know, in one round trip (storage/postgres.py): lock the
+    -- radar users' rows in id order, then read, in a statement of its own and so with a
+    -- snapshot taken after the locks were granted (a plpgsql function's statements each take
+    -- one), which conversations exist, which client keys were used, and new message ids.
+    CREATE FUNCTION send_context(locked_users BIGINT[], pair_customers BIGINT[], pair_users BIGINT[],
+                                 key_types INTEGER[], key_senders BIGINT[], key_ids TEXT[], id_count INTEGER)
+    RETURNS TABLE (row_kind INTEGER, v1 BIGINT, v2 BIGINT, v3 TEXT, v4 TEXT) LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
+    BEGIN
+        PERFORM 1 FROM radar_user WHERE id = ANY(locked_users) ORDER BY id FOR UPDATE;
+        RETURN QUERY
+            SELECT 0, c.customer_id, c.user_id, '', ''
+            FROM unnest(pair_customers, pair_users) AS v(customer_id, user_id)
+            JOIN conversation c USING (customer_id, user_id)
+            UNION ALL
+            SELECT 1, k.send_type::BIGINT, k.sender_id, k.client_msg_id, m.id::TEXT || ' ' || m.created_at
+            FROM unnest(key_types, key_senders, key_ids) AS v(send_type, sender_id, client_msg_id)
+            JOIN client_message k USING (send_type, sender_id, client_msg_id)
+            JOIN message m ON m.id = k.message_id
+            UNION ALL
+            SELECT 2, nextval('message_id_seq'), 0::BIGINT, '', '' FROM generate_series(1, id_count);
+    END $$;
     """,
 }
 
