@@ -40,14 +40,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--users", default="1", help="radar users in longpoll.py (their replies serialize per user)")
+    parser.add_argument("--rate", help="longpoll.py's replies per second (default: its own, 1,000)")
+    parser.add_argument("--no-throughput", action="store_true", help="longpoll.py only")
+    parser.add_argument("--no-notify-cost", action="store_true")
     args = parser.parse_args()
     wrk_args = ["--seconds", "5"] if args.quick else []
     poll_args = (["--waiters", "2000", "--replies", "1000", "--rate", "500", "--idle-seconds", "2"]
-                 if args.quick else []) + ["--users", args.users]
+                 if args.quick else []) + ["--users", args.users] + (["--rate", args.rate] if args.rate else [])
     rows = {}
     for name, setup in SETUPS.items():
         row: dict = {}
-        if "--servers" not in setup:  # one port: the send rate of that one address
+        if "--servers" not in setup and not args.no_throughput:  # one port: the send rate of that one address
             sent = last_json("throughput.py", "--skip-bare", *wrk_args, *setup)["send_msg"]
             row.update(send_msg_per_s=sent["rate"], send_p99=sent["p99"], send_server_cpu=sent["server_cpu_percent"],
                        send_postgres_cpu=sent["postgres_cpu_percent"], send_wrk_cpu=sent["wrk_cpu_percent"])
@@ -58,7 +61,8 @@ def main() -> None:
             "loadgen_cpu_percent_during_replies")})
         rows[name] = row
         print(name, json.dumps(row), flush=True)
-    rows["notify_cost"] = last_json("notify_cost.py")
+    if not args.no_notify_cost:
+        rows["notify_cost"] = last_json("notify_cost.py")
     print(json.dumps({"bench": "backends", **rows}))
 
 

@@ -190,9 +190,9 @@ class PostgresDatabase:
 
     async def transact(self, changes: Changes) -> list[Any]:
         """Every change, then COMMIT, or nothing: on the writer's thread (see the module docstring)."""
-        return await self._writer_thread.run(self._transact_there, changes)
+        return await self._writer_thread.run(self.transact_on, changes)
 
-    async def _transact_there(self, conn: Conn, changes: Changes) -> list[Any]:
+    async def transact_on(self, conn: Conn, changes: Changes) -> list[Any]:
         """The radar users' rows locked first; then the sends, with the read positions in
         the same statement, or the read positions alone; then the one-offs."""
         results: list[Any] = [None] * len(changes)
