@@ -202,6 +202,10 @@ class Server:
         return self.get(f"{RADAR}/chat/getmsg/0", user, timeout=HTTP_TIMEOUT + wait,
                         customer_id=customer_id, wait=wait)
 
+    def radar_getmsg_after(self, user: Account, last_id: int, wait: float = 0) -> dict:
+        """The radar user's whole inbox after a resume cursor."""
+        return self.get(f"{RADAR}/chat/getmsg/0", user, timeout=HTTP_TIMEOUT + wait, wait=wait, last_id=last_id)
+
     def radar_unread(self, user: Account) -> dict:
         return self.get(f"{RADAR}/chat/query_num/0", user)
 

@@ -463,3 +463,25 @@ def test_nginx_balances_two_servers_on_one_database_and_skips_a_dead_one(
         body = through("GET", f"{CUSTOMER}/chat/getmsg/0", customer, {"u_id": user.id, "last_id": sent[customer.id]})
         assert [item["msg"] for item in body["data"]["ret_data"]] == ["还在"], body
     no_traceback(b)
+
+
+def test_a_local_commit_never_overtakes_an_earlier_commit_of_another_process(tmp_path, start_server, pg_database):
+    """A waiter on server A resumes from ``last_id``; B and A commit into its inbox at the
+    same moment. Whatever order the two land in, the answer never carries A's message
+    without B's earlier one: the client would resume past B's and never see it."""
+    user, (customer,) = accounts(tmp_path, pg_database)
+    a = start_server(*serve_args(tmp_path, pg_database))
+    b = start_server(*serve_args(tmp_path, pg_database))
+    last_id = 0
+    skipped = []
+    for trial in range(40):
+        held = Background(a.radar_getmsg_after, user, last_id, wait=10)
+        time.sleep(0.15)
+        senders = [Background(send, server, customer, user.id, f"{trial}-{name}")
+                   for name, server in (("b", b), ("a", a))]
+        ids = sorted(sender.value(timeout=10)[1]["data"]["id"] for sender in senders)
+        answered = [item["id"] for item in held.value(timeout=10)["data"]["ret_data"]]
+        if answered and answered[0] != ids[0]:
+            skipped.append((trial, ids, answered))
+        last_id = ids[-1]
+    assert not skipped, f"answers that skipped an earlier commit (trial, committed, answered): {skipped}"
