@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from storage.store import SQLITE_SCHEME, is_postgres
+
 #: the file a checkout ships, used when the working directory has no config.toml of its own
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "config.toml"
 
@@ -158,21 +160,17 @@ def check(config: Config) -> None:
         raise ConfigError("log.level must be DEBUG, INFO, WARNING or ERROR")
 
 
-#: what database.url may start with
-DATABASE_URL_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
-
-
 def check_database(config: Config) -> None:
     database, processes = config["database"], config["server"]["processes"]
     if database["synchronous"].upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("database.synchronous must be OFF, NORMAL, FULL or EXTRA")
-    if database["url"] and not database["url"].startswith(DATABASE_URL_SCHEMES):
+    if database["url"] and not (is_postgres(database["url"]) or database["url"].startswith(SQLITE_SCHEME)):
         raise ConfigError("database.url must be postgresql://user@host:port/database or sqlite:///path")
     if database["pool_size"] < 1:
         raise ConfigError("database.pool_size must be at least 1")
     if processes < 0:
         raise ConfigError("server.processes must be 0 (one per core) or more")
-    if worker_count(config) > 1 and not database_location(config).startswith(DATABASE_URL_SCHEMES[:2]):
+    if worker_count(config) > 1 and not is_postgres(database_location(config)):
         raise ConfigError(
             f"server.processes = {processes} means {worker_count(config)} processes, and a SQLite file has one "
             "writer: serve it with one process, or use PostgreSQL for several "

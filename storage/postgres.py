@@ -92,8 +92,6 @@ def without_password(url: str) -> str:
 
 def storage_failure(error: BaseException) -> StorageFailing | None:
     """The error as a StorageFailing, if the database rather than the change is at fault."""
-    if isinstance(error, StorageFailing):
-        return error
     state = getattr(error, "sqlstate", None)
     if isinstance(error, asyncpg.PostgresError) and state:
         if state == "53100":
@@ -469,7 +467,6 @@ class Listener:
         self._closing = False
         self._task: asyncio.Task | None = None
         self._lost = asyncio.Event()
-        self.reconnects = 0
 
     @property
     def connected(self) -> bool:
@@ -529,7 +526,6 @@ class Listener:
                     log.debug("listener reconnect failed: %s", _reason(error))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX_SECONDS)
-            self.reconnects += 1
             log.warning("database listener reconnected: every held request reads again")
             self.waiters.wake_all()
 
