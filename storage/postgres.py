@@ -20,6 +20,13 @@ differ from SQLite, and they are why this module exists:
   user's messages, and so each of its conversations, are numbered and
   committed in the same order, which is what both cursors (per conversation
   and per inbox) rely on.
+- **Hand-offs in commit order.** After COMMIT, a process hands its new messages
+  to its own waiters, which then answer without reading. Another process's
+  earlier commit (message 101) may not have rung here yet when this one's (102)
+  returns: handing 102 at once would send a client past 101 for good. So the
+  hand-off waits until this commit's own doorbell comes back to the listener.
+  PostgreSQL delivers notifications in commit order, so by then every earlier
+  doorbell has woken its waiters, and they read for themselves.
 - **Outages.** A database out of reach is a ``StorageFailing`` (503 with
   Retry-After), for reads as for writes; the pool reconnects by itself.
 
@@ -34,6 +41,7 @@ for the GIL (``sys.setswitchinterval``, 1 ms), and only the result crosses back.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import os
@@ -50,7 +58,7 @@ from .metrics import count_error
 from .outgoing import Outgoing, Pair, SenderKey, pairs_and_keys, plan_sends
 from .records import AccountNeedsName, SendReceipt, Side
 from .schema import migrate_postgres
-from .waiters import Waiters
+from .waiters import Committed, Waiters
 from .writer import Change, Changes, StorageFailing, by_kind
 
 log = logging.getLogger("leida_chat.storage")
@@ -66,6 +74,8 @@ RECONNECT_FIRST_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 1.0
 #: how often the listener checks that its connection still answers (a silent network loss sends no FIN)
 LISTENER_CHECK_SECONDS = 10.0
+#: how long a hand-off waits for its own doorbell before its waiters read for themselves instead
+HAND_OFF_MAX_SECONDS = 1.0
 
 #: a connection of the pool (the writer's and the reads') or of its own (the listener's)
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -127,6 +137,8 @@ class PostgresDatabase:
         #: names this process in its notifications, so that it does not wake its own waiters twice
         self.origin = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.listener: Listener | None = None
+        #: the number of the last transaction that rang (set on the writer's thread, read after its COMMIT)
+        self._rang = 0
 
     @classmethod
     async def open(cls, url: str, pool_size: int = 10) -> PostgresDatabase:
@@ -154,6 +166,14 @@ class PostgresDatabase:
     async def watch(self, waiters: Waiters) -> None:
         self.listener = Listener(self.url, self.origin, waiters)
         await self.listener.start()
+
+    def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
+        """Once this commit's own doorbell is back (see the module docstring). Without a
+        listener to bring it back, the waiters read for themselves at once."""
+        if self.listener is None or not self.listener.connected:
+            waiters.notify(to_read_back(committed))
+        else:
+            self.listener.hand_off(self._rang, committed)
 
     async def close(self) -> None:
         if self.listener is not None:
@@ -200,8 +220,9 @@ class PostgresDatabase:
         users = sorted({sent.user_id for sent in sends} | {user_id for _, user_id in reads})
         async with conn.transaction():
             if sends:
+                self._rang += 1
                 for index, outcome in zip(groups[Change.SEND], await _insert_messages(
-                        conn, sends, users, reads, self.origin), strict=True):
+                        conn, sends, users, reads, f"{self.origin}/{self._rang}"), strict=True):
                     results[index] = outcome
             elif reads:
                 await conn.execute(_LOCK_RADAR_USERS, users)
@@ -301,14 +322,14 @@ def _read_columns(reads: dict[Pair, list[int]]) -> list[list[int]]:
 
 
 async def _insert_messages(
-    conn: Conn, batch: list[Outgoing], users: list[int], reads: dict[Pair, list[int]], origin: str
+    conn: Conn, batch: list[Outgoing], users: list[int], reads: dict[Pair, list[int]], ringer: str
 ) -> list[tuple[SendReceipt, bool]]:
     """Two statements, whatever the batch's size: under load each round trip waits for
     the GIL, and costs more than the SQL (bench/README.md, "Backends"). The first
     (``send_context``, schema.py) locks ``users`` and reads which conversations exist,
     which client keys were used before, and new message ids; the second writes the
     messages, their client keys, their conversations, the read positions ``reads`` and
-    rings the doorbell."""
+    rings the doorbell as ``ringer``."""
     pairs, keys = pairs_and_keys(batch)
     conversations: set[Pair] = set()
     earlier: dict[SenderKey, SendReceipt] = {}
@@ -358,38 +379,44 @@ async def _insert_messages(
         *messages, *keys_written,
         [pair[0] for pair in spans], [pair[1] for pair in spans],
         *(list(zip(*spans.values(), strict=True)) or [(), (), (), (), ()]),
-        CHANNEL, doorbells(origin, set(spans)),
+        CHANNEL, doorbells(ringer, set(spans)),
         *_read_columns(reads),
     )
     return planned.results
 
 
-def doorbells(origin: str, pairs: set[Pair]) -> list[str]:
-    """NOTIFY payloads naming ``pairs``: ``"<origin> customer:user,customer:user,..."``, each under 8000 bytes."""
+def doorbells(ringer: str, pairs: set[Pair]) -> list[str]:
+    """NOTIFY payloads naming ``pairs``: ``"<ringer> customer:user,customer:user,..."``, each
+    under 8000 bytes. The ringer is ``<origin>/<transaction number>``: the process and its commit."""
     payloads: list[str] = []
     current: list[str] = []
-    size = len(origin) + 1
+    size = len(ringer) + 1
     for customer_id, user_id in sorted(pairs):
         key = f"{customer_id}:{user_id}"
         if current and size + len(key) + 1 > MAX_PAYLOAD_BYTES:
-            payloads.append(f"{origin} {','.join(current)}")
-            current, size = [], len(origin) + 1
+            payloads.append(f"{ringer} {','.join(current)}")
+            current, size = [], len(ringer) + 1
         current.append(key)
         size += len(key) + 1
     if current:
-        payloads.append(f"{origin} {','.join(current)}")
+        payloads.append(f"{ringer} {','.join(current)}")
     return payloads
 
 
 def rung(payload: str) -> tuple[str, list[Pair]]:
-    """The origin and the conversations of a doorbell payload."""
-    origin, _, keys = payload.partition(" ")
+    """The ringer and the conversations of a doorbell payload."""
+    ringer, _, keys = payload.partition(" ")
     pairs = []
     for key in keys.split(","):
         customer_id, _, user_id = key.partition(":")
         if customer_id.isdigit() and user_id.isdigit():
             pairs.append((int(customer_id), int(user_id)))
-    return origin, pairs
+    return ringer, pairs
+
+
+def to_read_back(committed: list[Committed]) -> list[Committed]:
+    """The same wake-ups without the messages: each waiter reads what is new for itself."""
+    return [(customer_id, user_id, None) for customer_id, user_id, _ in committed]
 
 
 async def _keep_session(_conn: Conn) -> None:
@@ -457,7 +484,8 @@ class WriterThread:
 
 
 class Listener:
-    """This process's own connection for LISTEN, outside the pool, and its reconnection."""
+    """This process's own connection for LISTEN, outside the pool, and its reconnection;
+    and the hand-offs of this process's commits, each held until its doorbell is back."""
 
     def __init__(self, url: str, origin: str, waiters: Waiters) -> None:
         self.url = url
@@ -467,6 +495,11 @@ class Listener:
         self._closing = False
         self._task: asyncio.Task | None = None
         self._lost = asyncio.Event()
+        #: the number of this process's last transaction whose doorbell came back
+        self._back = 0
+        #: hand-offs waiting for their doorbell, oldest first: (transaction number, held since, committed)
+        self._held: collections.deque[tuple[int, float, list[Committed]]] = collections.deque()
+        self._overdue_timer: asyncio.TimerHandle | None = None
 
     @property
     def connected(self) -> bool:
@@ -479,6 +512,8 @@ class Listener:
 
     async def close(self) -> None:
         self._closing = True
+        if self._overdue_timer is not None:
+            self._overdue_timer.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -495,12 +530,36 @@ class Listener:
         self._lost.clear()
         self._conn = conn
 
+    def hand_off(self, number: int, committed: list[Committed]) -> None:
+        """Hand ``committed``, of this process's transaction ``number``, once its doorbell is back."""
+        if number <= self._back:
+            self.waiters.notify(committed)
+            return
+        loop = asyncio.get_running_loop()
+        self._held.append((number, loop.time(), committed))
+        if self._overdue_timer is None:
+            self._overdue_timer = loop.call_later(HAND_OFF_MAX_SECONDS, self._hand_over_overdue)
+
     def _rung(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        origin, pairs = rung(str(payload))
-        if origin == self.origin:  # this process woke its own waiters at COMMIT, with the messages in hand
+        ringer, pairs = rung(str(payload))
+        origin, _, number = ringer.partition("/")
+        if origin == self.origin:  # this process's own commit: its waiters get the messages in hand
+            self._back = max(self._back, int(number)) if number.isdigit() else self._back
+            while self._held and self._held[0][0] <= self._back:
+                self.waiters.notify(self._held.popleft()[2])
             return
         self.waiters.notify((customer_id, user_id, None) for customer_id, user_id in pairs
                             if self.waiters.awaited(customer_id, user_id))
+
+    def _hand_over_overdue(self) -> None:
+        """A doorbell that did not come back in HAND_OFF_MAX_SECONDS (a connection lost without
+        a word): its waiters read for themselves, which is always right, only slower."""
+        self._overdue_timer = None
+        loop = asyncio.get_running_loop()
+        while self._held and self._held[0][1] <= loop.time() - HAND_OFF_MAX_SECONDS:
+            self.waiters.notify(to_read_back(self._held.popleft()[2]))
+        if self._held:
+            self._overdue_timer = loop.call_at(self._held[0][1] + HAND_OFF_MAX_SECONDS, self._hand_over_overdue)
 
     async def _stay_connected(self) -> None:
         """Once the connection is lost (or stops answering the check made every
@@ -527,6 +586,7 @@ class Listener:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX_SECONDS)
             log.warning("database listener reconnected: every held request reads again")
+            self._held.clear()  # their doorbells are gone with the old connection; everyone reads
             self.waiters.wake_all()
 
     async def _answers(self) -> bool:

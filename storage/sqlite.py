@@ -28,7 +28,7 @@ from .metrics import count_error
 from .outgoing import Outgoing, Pair, SenderKey, SendRows, pairs_and_keys, plan_sends
 from .records import AccountNeedsName, SendReceipt, Side
 from .schema import migrate
-from .waiters import Waiters
+from .waiters import Committed, Waiters
 from .writer import Change, Changes, StorageFailing, by_kind
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -105,6 +105,10 @@ class SQLiteDatabase:
 
     async def watch(self, waiters: Waiters) -> None:
         """Nothing to watch: only this process writes messages to the file."""
+
+    def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
+        """At once: this process's writer is the file's only one, so nothing earlier is still on its way."""
+        waiters.notify(committed)
 
     async def close(self) -> None:
         self._read_conn.close()

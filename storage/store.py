@@ -38,7 +38,7 @@ from .records import (
     SendReceipt,
     Side,
 )
-from .waiters import Waiters
+from .waiters import Committed, Waiters
 from .writer import Change, Changes, StorageFailing, Writer
 
 log = logging.getLogger("leida_chat.storage")
@@ -139,6 +139,10 @@ class Database(Protocol):
 
     async def watch(self, waiters: Waiters) -> None:
         """Start waking ``waiters`` for messages other processes commit."""
+
+    def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
+        """Hand what this process just committed to its ``waiters``, once nothing committed
+        earlier (by another process) can still be on its way to them."""
 
     async def close(self) -> None: ...
 
@@ -358,21 +362,21 @@ class ChatStore:
         receipt, _ = await self._writer.submit(Change.SEND, outgoing)
         return receipt
 
-    def _wake_waiters(self, committed: list[tuple[Change, Any, Any]]) -> None:
+    def _wake_waiters(self, changes: list[tuple[Change, Any, Any]]) -> None:
         """Right after COMMIT: hand the new messages to whoever waits for them in this
-        process, so that a woken request need not read them back."""
-        stored = [(sent, result) for kind, sent, result in committed
+        process (as soon as the backend says nothing earlier can overtake them), so
+        that a woken request need not read them back."""
+        stored = [(sent, result) for kind, sent, result in changes
                   if kind is Change.SEND and not result[0].duplicate]
         from_customers = sum(1 for sent, _ in stored if sent.send_type == FROM_CUSTOMER)
         if from_customers:  # one increment per commit and side, not per message
             MESSAGES_FROM_CUSTOMERS.inc(from_customers)
         if len(stored) > from_customers:
             MESSAGES_FROM_RADAR_USERS.inc(len(stored) - from_customers)
-        self.waiters.notify(
-            (sent.customer_id, sent.user_id, self._as_message(sent, *result))
-            for sent, result in stored
-            if self.waiters.awaited(sent.customer_id, sent.user_id)
-        )
+        handed = [(sent.customer_id, sent.user_id, self._as_message(sent, *result))
+                  for sent, result in stored if self.waiters.awaited(sent.customer_id, sent.user_id)]
+        if handed:
+            self.database.hand_off(self.waiters, handed)
 
     def _as_message(self, sent: Outgoing, receipt: SendReceipt, is_first_info: bool) -> Message | None:
         """The just-committed message as a read would return it, from the cached accounts

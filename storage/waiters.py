@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from .records import Message
 
 WaitKey = tuple
+#: a message committed in one transaction, under its conversation: (customer_id, user_id, message);
+#: message None means "read it back" (it could not be built, or it may have been overtaken)
+Committed = tuple[int, int, "Message | None"]
 
 #: what a held request is handed when a newer one of the same account took its place
 SUPERSEDED = "superseded"
@@ -99,7 +102,7 @@ class Waiters:
         """Whether anyone waits for this conversation (itself or its radar user's inbox)."""
         return conversation_key(customer_id, user_id) in self._by_key or inbox_key(user_id) in self._by_key
 
-    def notify(self, committed: Iterable[tuple[int, int, Message | None]]) -> None:
+    def notify(self, committed: Iterable[Committed]) -> None:
         """Messages (customer_id, user_id, message) were committed together: wake the
         waiters of their conversations and of their radar users' inboxes."""
         news: dict[WaitKey, list[Message | None]] = {}

@@ -20,7 +20,7 @@ from conftest import Account, text
 from live import CUSTOMER, RADAR, Background, clean_env, cli_account, query, run_cli, serve_args
 from nginx import start_nginx  # noqa: F401  (fixture)
 from postgres import Cluster, require_postgres
-from storage.postgres import MAX_PAYLOAD_BYTES, doorbells, rung
+from storage.postgres import HAND_OFF_MAX_SECONDS, MAX_PAYLOAD_BYTES, doorbells, rung
 
 WAKE_BOUND = 2.0  # seconds a wake-up may take here; the figures are in bench/README.md
 
@@ -485,3 +485,53 @@ def test_a_local_commit_never_overtakes_an_earlier_commit_of_another_process(tmp
             skipped.append((trial, ids, answered))
         last_id = ids[-1]
     assert not skipped, f"answers that skipped an earlier commit (trial, committed, answered): {skipped}"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_commit_is_handed_to_local_waiters_only_after_every_earlier_commit_rang(pg_database):
+    """Server B's listener is held inside a transaction (PostgreSQL delivers nothing to a
+    session in one), so process A's doorbell for message 1 waits there. B then commits
+    message 2 for the same inbox: B must not hand 2 to its waiter on its own, or the
+    client would resume past 1 for good. Once the listener's transaction ends, the
+    waiter answers with both, in order; and if it never ends (a connection gone silent),
+    the waiter reads for itself after HAND_OFF_MAX_SECONDS and answers the same."""
+    import asyncio
+
+    from tornado.httpclient import AsyncHTTPClient
+    from tornado.testing import bind_unused_port
+
+    from conftest import Api
+    from handlers import ApiSettings, ChatHTTPServer, make_app
+    from storage import ChatStore
+
+    a, b = await ChatStore.open(pg_database), await ChatStore.open(pg_database)
+    sock, port = bind_unused_port()
+    server = ChatHTTPServer(make_app(b, ApiSettings()))
+    server.add_sockets([sock])
+    try:
+        user = Account(*await a.save_radar_user(None, username="王经理"))
+        customer = Account(*await a.save_customer(None, username="客户"))
+        api = Api(AsyncHTTPClient(), f"http://127.0.0.1:{port}")
+        listener = b.database.listener._conn
+        last_id = 0
+        for listener_comes_back in (True, False):
+            await listener.execute("BEGIN")
+            held = asyncio.ensure_future(api.radar_getmsg(user, wait=10, last_id=last_id))
+            while not len(b.waiters):
+                await asyncio.sleep(0.01)
+            first = await a.send(customer.id, user.id, 1, text("一"))
+            second = await api.customer_send(customer, user.id, text("二"))
+            assert second["code"] == 200, second
+            await asyncio.sleep(0.3)
+            assert not held.done(), held.result()
+            if listener_comes_back:
+                await listener.execute("COMMIT")
+            body = await asyncio.wait_for(held, HAND_OFF_MAX_SECONDS + WAKE_BOUND)
+            assert [item["id"] for item in body["data"]["ret_data"]] == [first.id, second["data"]["id"]], body
+            if not listener_comes_back:
+                await listener.execute("COMMIT")
+            last_id = second["data"]["id"]
+    finally:
+        server.stop()
+        await a.close()
+        await b.close()
