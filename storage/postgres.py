@@ -56,7 +56,7 @@ import asyncpg
 
 from .metrics import count_error
 from .outgoing import Outgoing, Pair, SenderKey, pairs_and_keys, plan_sends
-from .records import AccountNeedsName, SendReceipt, Side
+from .records import AccountNeedsName, Message, SendReceipt, Side
 from .schema import migrate_postgres
 from .waiters import Committed, Waiters
 from .writer import Change, Changes, StorageFailing, by_kind
@@ -81,6 +81,8 @@ HAND_OFF_MAX_SECONDS = 1.0
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Op = Callable[[Conn], Awaitable[Any]]
 NumberedRows = Callable[[int], list[tuple[int, str, str]]]
+#: the read the listener makes for a doorbell: every message with an id from first to last
+MessagesBetween = Callable[[int, int], Awaitable[list[Message]]]
 
 #: SQLSTATE classes and codes that mean "the database, not the change": class 08 is a lost connection,
 #: 57P0x a server shutting down or starting, 53 out of resources (53100: disk full), 58030 an I/O error
@@ -163,8 +165,8 @@ class PostgresDatabase:
     def describe(self) -> str:
         return without_password(self.url)
 
-    async def watch(self, waiters: Waiters) -> None:
-        self.listener = Listener(self.url, self.origin, waiters)
+    async def watch(self, waiters: Waiters, messages_between: MessagesBetween) -> None:
+        self.listener = Listener(self.url, self.origin, waiters, messages_between)
         await self.listener.start()
 
     def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
@@ -379,20 +381,25 @@ async def _insert_messages(
         *messages, *keys_written,
         [pair[0] for pair in spans], [pair[1] for pair in spans],
         *(list(zip(*spans.values(), strict=True)) or [(), (), (), (), ()]),
-        CHANNEL, doorbells(ringer, set(spans)),
+        CHANNEL, doorbells(ringer, {pair: (span[0], span[1]) for pair, span in spans.items()}),
         *_read_columns(reads),
     )
     return planned.results
 
 
-def doorbells(ringer: str, pairs: set[Pair]) -> list[str]:
-    """NOTIFY payloads naming ``pairs``: ``"<ringer> customer:user,customer:user,..."``, each
-    under 8000 bytes. The ringer is ``<origin>/<transaction number>``: the process and its commit."""
+#: what a doorbell names per conversation: its (customer_id, user_id) and the ids of its new messages, first and last
+Span = tuple[Pair, int, int]
+
+
+def doorbells(ringer: str, spans: dict[Pair, tuple[int, int]]) -> list[str]:
+    """NOTIFY payloads naming each conversation and its new messages' ids, first and last:
+    ``"<ringer> customer:user:first:last,..."``, each under 8000 bytes. The ringer is
+    ``<origin>/<transaction number>``: the process and its commit."""
     payloads: list[str] = []
     current: list[str] = []
     size = len(ringer) + 1
-    for customer_id, user_id in sorted(pairs):
-        key = f"{customer_id}:{user_id}"
+    for (customer_id, user_id), (first_id, last_id) in sorted(spans.items()):
+        key = f"{customer_id}:{user_id}:{first_id}:{last_id}"
         if current and size + len(key) + 1 > MAX_PAYLOAD_BYTES:
             payloads.append(f"{ringer} {','.join(current)}")
             current, size = [], len(ringer) + 1
@@ -403,15 +410,16 @@ def doorbells(ringer: str, pairs: set[Pair]) -> list[str]:
     return payloads
 
 
-def rung(payload: str) -> tuple[str, list[Pair]]:
-    """The ringer and the conversations of a doorbell payload."""
+def rung(payload: str) -> tuple[str, list[Span]]:
+    """The ringer and the conversations (with their new messages' ids) of a doorbell payload."""
     ringer, _, keys = payload.partition(" ")
-    pairs = []
+    spans = []
     for key in keys.split(","):
-        customer_id, _, user_id = key.partition(":")
-        if customer_id.isdigit() and user_id.isdigit():
-            pairs.append((int(customer_id), int(user_id)))
-    return ringer, pairs
+        fields = key.split(":")
+        if len(fields) == 4 and all(field.isdigit() for field in fields):
+            customer_id, user_id, first_id, last_id = map(int, fields)
+            spans.append(((customer_id, user_id), first_id, last_id))
+    return ringer, spans
 
 
 def to_read_back(committed: list[Committed]) -> list[Committed]:
@@ -485,12 +493,21 @@ class WriterThread:
 
 class Listener:
     """This process's own connection for LISTEN, outside the pool, and its reconnection;
-    and the hand-offs of this process's commits, each held until its doorbell is back."""
+    and the wake-ups it brings, handed over strictly in commit order.
 
-    def __init__(self, url: str, origin: str, waiters: Waiters) -> None:
+    A doorbell from another process is read once for every local waiter it wakes
+    (``messages_between``: its messages' ids), not once per waiter: per waiter, the
+    reads queued for the pool and took most of the cross-process delivery time
+    (bench/README.md, "Backends"). A doorbell of this process's own hands over the
+    messages its commit holds back (``hand_off``). Either waits its turn behind the
+    reads of earlier doorbells, so nothing is handed before what was committed first.
+    """
+
+    def __init__(self, url: str, origin: str, waiters: Waiters, messages_between: MessagesBetween) -> None:
         self.url = url
         self.origin = origin
         self.waiters = waiters
+        self._messages_between = messages_between
         self._conn: Conn | None = None
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -500,6 +517,8 @@ class Listener:
         #: hand-offs waiting for their doorbell, oldest first: (transaction number, held since, committed)
         self._held: collections.deque[tuple[int, float, list[Committed]]] = collections.deque()
         self._overdue_timer: asyncio.TimerHandle | None = None
+        #: doorbells in the order they rang, each with its read (None: nothing to read) and what to do then
+        self._turns: collections.deque[tuple[asyncio.Task | None, Callable[[Any], None]]] = collections.deque()
 
     @property
     def connected(self) -> bool:
@@ -514,6 +533,10 @@ class Listener:
         self._closing = True
         if self._overdue_timer is not None:
             self._overdue_timer.cancel()
+        for read, _ in self._turns:
+            if read is not None:
+                read.cancel()
+        self._turns.clear()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -541,15 +564,53 @@ class Listener:
             self._overdue_timer = loop.call_later(HAND_OFF_MAX_SECONDS, self._hand_over_overdue)
 
     def _rung(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        ringer, pairs = rung(str(payload))
+        ringer, spans = rung(str(payload))
         origin, _, number = ringer.partition("/")
         if origin == self.origin:  # this process's own commit: its waiters get the messages in hand
-            self._back = max(self._back, int(number)) if number.isdigit() else self._back
-            while self._held and self._held[0][0] <= self._back:
-                self.waiters.notify(self._held.popleft()[2])
+            self._in_turn(None, lambda _: self._came_back(int(number) if number.isdigit() else 0))
             return
-        self.waiters.notify((customer_id, user_id, None) for customer_id, user_id in pairs
-                            if self.waiters.awaited(customer_id, user_id))
+        awaited = [span for span in spans if self.waiters.awaited(*span[0])]
+        if awaited:
+            claimed = self.waiters.claim(pair for pair, _, _ in awaited)
+            read = asyncio.get_running_loop().create_task(self._read(awaited))
+            self._in_turn(read, lambda committed: self.waiters.hand(claimed, committed))
+
+    def _in_turn(self, read: asyncio.Task | None, then: Callable[[Any], None]) -> None:
+        self._turns.append((read, then))
+        if read is not None:
+            read.add_done_callback(lambda _: self._take_turns())
+        self._take_turns()
+
+    def _take_turns(self) -> None:
+        while self._turns and (self._turns[0][0] is None or self._turns[0][0].done()):
+            read, then = self._turns.popleft()
+            if read is None:
+                then(None)
+            elif not read.cancelled():
+                then(read.result())
+
+    async def _read(self, spans: list[Span]) -> list[Committed]:
+        """The new messages of ``spans``, each under its conversation; read back by each waiter if the read fails."""
+        wanted = {pair: (first_id, last_id) for pair, first_id, last_id in spans}
+        try:
+            async with asyncio.timeout(HAND_OFF_MAX_SECONDS):
+                messages = await self._messages_between(
+                    min(first for _, first, _ in spans), max(last for _, _, last in spans))
+        except Exception as error:  # slow, or going away: each waiter reads for itself
+            log.debug("a doorbell's read failed: %s", _reason(error))
+            return [(*pair, None) for pair in wanted]
+        committed: list[Committed] = []
+        for message in messages:
+            span = wanted.get((message.customer_id, message.user_id))
+            if span is not None and span[0] <= message.id <= span[1]:
+                committed.append((message.customer_id, message.user_id, message))
+        return committed
+
+    def _came_back(self, number: int) -> None:
+        """This process's commit ``number`` rang: hand over it and every commit before it."""
+        self._back = max(self._back, number)
+        while self._held and self._held[0][0] <= self._back:
+            self.waiters.notify(self._held.popleft()[2])
 
     def _hand_over_overdue(self) -> None:
         """A doorbell that did not come back in HAND_OFF_MAX_SECONDS (a connection lost without

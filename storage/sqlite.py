@@ -103,7 +103,7 @@ class SQLiteDatabase:
     def describe(self) -> str:
         return str(self.path.resolve())
 
-    async def watch(self, waiters: Waiters) -> None:
+    async def watch(self, waiters: Waiters, messages_between: Any) -> None:
         """Nothing to watch: only this process writes messages to the file."""
 
     def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -137,8 +137,9 @@ class Database(Protocol):
     async def reachability_problem(self) -> str | None:
         """Why the database cannot be read now, or None."""
 
-    async def watch(self, waiters: Waiters) -> None:
-        """Start waking ``waiters`` for messages other processes commit."""
+    async def watch(self, waiters: Waiters, messages_between: Callable[[int, int], Awaitable[list[Message]]]) -> None:
+        """Start waking ``waiters`` for messages other processes commit (``messages_between``:
+        the read of every message with an id from first to last)."""
 
     def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
         """Hand what this process just committed to its ``waiters``, once nothing committed
@@ -188,7 +189,7 @@ class ChatStore:
             database = await SQLiteDatabase.open(sqlite_path(location), synchronous)
         store = cls(database, account_cache_seconds)
         try:
-            await database.watch(store.waiters)
+            await database.watch(store.waiters, store.messages_between)
         except BaseException:
             await store.close()
             raise
@@ -428,6 +429,12 @@ class ChatStore:
             "c.customer_id = ? AND c.user_id = ? AND m.id > ? ORDER BY m.id LIMIT ?",
             (customer_id, user_id, after_id, limit),
         )
+
+    async def messages_between(self, first_id: int, last_id: int) -> list[Message]:
+        """Every message with an id from ``first_id`` to ``last_id``: what another process's
+        commit rang for, read once for all the waiters it wakes here."""
+        return await self._messages("m.id BETWEEN ? AND ? ORDER BY m.id", (first_id, last_id),
+                                    source=_MESSAGE_FROM_CURSOR)
 
     async def unread_count(self, side: Side, user_id: int, customer_id: int | None) -> int:
         """How many of the other side's messages ``side`` has not read."""

@@ -105,16 +105,33 @@ class Waiters:
     def notify(self, committed: Iterable[Committed]) -> None:
         """Messages (customer_id, user_id, message) were committed together: wake the
         waiters of their conversations and of their radar users' inboxes."""
-        news: dict[WaitKey, list[Message | None]] = {}
+        committed = list(committed)
+        self.hand(self.claim((customer_id, user_id) for customer_id, user_id, _ in committed), committed)
+
+    def claim(self, pairs: Iterable[tuple[int, int]]) -> dict[WaitKey, list[asyncio.Future]]:
+        """Who waits now for these conversations, or for their radar users' inboxes. A
+        read started after this is handed to them only: a request that registers
+        later reads for itself, and sees at least as much."""
+        claimed: dict[WaitKey, list[asyncio.Future]] = {}
+        for customer_id, user_id in pairs:
+            for key in (conversation_key(customer_id, user_id), inbox_key(user_id)):
+                if key not in claimed and key in self._by_key:
+                    claimed[key] = list(self._by_key[key])
+        return claimed
+
+    def hand(self, claimed: dict[WaitKey, list[asyncio.Future]], committed: Iterable[Committed]) -> None:
+        """Wake each claimed waiter with the messages of its key (read back if one is None)."""
+        news: dict[WaitKey, list[Message | None]] = {key: [] for key in claimed}
         for customer_id, user_id, message in committed:
             for key in (conversation_key(customer_id, user_id), inbox_key(user_id)):
-                if key in self._by_key:
-                    news.setdefault(key, []).append(message)
+                if key in news:
+                    news[key].append(message)
         committed_at = time.perf_counter()
-        for key, messages in news.items():
+        for key, futures in claimed.items():
+            messages = news[key]
             built = [message for message in messages if message is not None]
             payload = Handed(committed_at, built if len(built) == len(messages) else None)
-            for future in self._by_key.pop(key, ()):
+            for future in futures:
                 if not future.done():
                     future.set_result(payload)
 
