@@ -7,8 +7,9 @@ differ from SQLite, and they are why this module exists:
   sends ``NOTIFY leida_chat`` naming their conversations, so PostgreSQL
   delivers it only on COMMIT. Each process LISTENs on a connection of its own,
   outside the pool (a listener on a pooled connection is lost when that
-  connection goes back), and wakes only its local waiters of those keys; they
-  then read what is new. A notification is a doorbell, never the message.
+  connection goes back), and wakes only its local waiters of those keys, with
+  the messages the doorbell names, read once for all of them. A notification
+  is a doorbell, never the message.
   When that connection drops, the process reconnects with backoff, LISTENs
   again, and wakes every local waiter to read again: notifications sent while
   it was away are gone.
