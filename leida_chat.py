@@ -19,6 +19,7 @@ import resource
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,14 @@ from leida_config import (
     cors_origins,
     database_location,
     load_config,
+    webhook_settings,
     worker_count,
 )
 from storage import FROM_RADAR_USER, ChatStore, is_postgres, sqlite_path
 from storage.backup import backup
+from storage.outbox import iso_utc
 from storage.schema import SchemaTooNew
+from webhooks import WebhookSender
 
 log = logging.getLogger("leida_chat")
 
@@ -188,6 +192,11 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
             "(hard limit) or lower max_waiters", open_files, needed, config["longpoll"]["max_waiters"],
         )
     store = await open_store(config)
+    webhooks = webhook_settings(config)
+    sender = None
+    if webhooks is not None:
+        store.watch_unread(webhooks.unread_after_seconds)
+        sender = WebhookSender(store.outbox, webhooks)
     demo = config[""]["demo"]
     app = make_app(store, api_settings(config), access_log=config["log"]["access"], demo=demo)
     server = ChatHTTPServer(
@@ -217,6 +226,8 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
         _worker_prefix(worker), server_config["host"], port, store.database.describe(), open_files,
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
+    if sender is not None:
+        sender.start()
     if demo:
         customer_page, radar_page = demo_urls(server_config["host"], port)
         log.warning("demo mode: /demo/accounts.json hands out the demo accounts' tokens to this machine; "
@@ -241,6 +252,8 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
     if not await app.settings["inflight"].drained(server_config["shutdown_grace_seconds"]):
         log.warning("%d requests still open after the grace period", app.settings["inflight"].count)
     await server.close_all_connections()
+    if sender is not None:
+        await sender.stop()
     await store.close()
     log.info("%sstopped after %d commits of %d changes", _worker_prefix(worker), store.commits, store.changes)
 
@@ -321,6 +334,49 @@ async def seed_demo(config: Config) -> None:
 def demo_urls(host: str, port: int) -> list[str]:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return [f"http://{shown}:{port}/demo/customer.html", f"http://{shown}:{port}/demo/radar.html"]
+
+
+# -- webhooks -----------------------------------------------------------------
+
+
+async def list_webhooks(config: Config, statuses: tuple[str, ...]) -> dict[str, Any]:
+    """How many events are in each state, and the events in ``statuses``, oldest first."""
+    store = await open_store(config)
+    try:
+        counts = await store.outbox.counts()
+        events = [event for status in statuses for event in await store.outbox.events(status)]
+    finally:
+        await store.close()
+    return {"counts": counts, "events": [
+        {"id": event.id, "type": event.type, "status": event.status, "attempts": event.attempts,
+         "created_at": iso_utc(event.created_at), "last_error": event.last_error,
+         "next_attempt_at": None if event.next_attempt_at is None else iso_utc(event.next_attempt_at),
+         "user_id": event.user_id, "customer_id": event.customer_id}
+        for event in events]}
+
+
+async def webhooks_command(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "list":
+        if args.ids or args.failed:
+            raise ValueError("IDs and --failed go with `webhooks retry`")
+        return await list_webhooks(config, ("pending", "failed", "delivered") if args.all else ("pending", "failed"))
+    if bool(args.ids) == args.failed:
+        raise ValueError("webhooks retry takes event ids or --failed (one of the two)")
+    return await retry_webhooks(config, None if args.failed else args.ids)
+
+
+async def retry_webhooks(config: Config, event_ids: list[str] | None) -> dict[str, Any]:
+    """Queue events again from their first attempt: those named, or (None) every failed one.
+    A running server sends them at its next look (within a second)."""
+    store = await open_store(config)
+    try:
+        queued = await store.outbox.requeue(event_ids, time.time())
+    finally:
+        await store.close()
+    unknown = sorted(set(event_ids or ()) - set(queued))
+    if unknown:
+        raise ValueError(f"no webhook event {', '.join(unknown)}")
+    return {"queued": queued}
 
 
 # -- accounts -----------------------------------------------------------------
@@ -421,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "prints {\"backup\", \"messages\", \"bytes\"}")
     copy.add_argument("out", type=Path, metavar="OUT", help="file to write the copy to (replaced if it exists)")
 
+    hooks = command("webhooks", "list pending and failed webhook events (--all: delivered too), or "
+                                "`webhooks retry ID... | --failed` to queue them again; prints JSON")
+    hooks.add_argument("action", nargs="?", choices=("list", "retry"), default="list")
+    hooks.add_argument("ids", nargs="*", metavar="ID", help="event ids (webhook-id) to retry")
+    hooks.add_argument("--failed", action="store_true", help="with retry: every failed event")
+    hooks.add_argument("--all", action="store_true", help="with list: delivered events too")
+
     numbered = command("demo-accounts", "create numbered radar users and customers in one transaction")
     numbered.add_argument("--users", type=_count, required=True)
     numbered.add_argument("--customers", type=_count, required=True)
@@ -482,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"(pg_dump --format=custom --file=OUT 'URL'; README.md, Backups)", file=sys.stderr)
                 return 2
             print(json.dumps(backup(sqlite_path(location), args.out)))
+            return 0
+        if args.command == "webhooks":
+            print(json.dumps(asyncio.run(webhooks_command(config, args)), ensure_ascii=False))
             return 0
         if args.command == "demo-accounts":
             result = asyncio.run(demo_accounts(config, args.users, args.customers))

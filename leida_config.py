@@ -15,8 +15,10 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from storage.store import SQLITE_SCHEME, is_postgres
+from webhooks import SecretError, WebhookSettings, parse_secrets
 
 #: the file a checkout ships, used when the working directory has no config.toml of its own
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "config.toml"
@@ -54,6 +56,9 @@ DEFAULTS: Config = {
     # the range Prometheus exporters use (9100-9999), clear of the ports its wiki lists as
     # taken, and fixed so that a scrape config is written once; 0 takes any free port (logged).
     "metrics": {"host": "127.0.0.1", "port": 9480},
+    # offline notifications: url empty = off; secret is whsec_<base64> (several, space-separated, to rotate)
+    "webhook": {"url": "", "secret": "", "unread_after_seconds": 60.0, "timeout_seconds": 10.0,
+                "retry_seconds": "0,5,300,1800,7200,18000,36000,36000"},
 }
 
 
@@ -85,6 +90,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if isinstance(value, list):  # a TOML array for a comma-separated setting
+            if not all(isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in value):
+                raise ValueError
+            return ",".join(str(item) for item in value)
         if not isinstance(value, str):
             raise ValueError
         return value
@@ -156,6 +165,7 @@ def check(config: Config) -> None:
     if server["event_loop"] not in ("auto", "asyncio", "uvloop"):
         raise ConfigError("server.event_loop must be auto, asyncio or uvloop")
     check_database(config)
+    webhook_settings(config)
     if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):
         raise ConfigError("log.level must be DEBUG, INFO, WARNING or ERROR")
 
@@ -176,6 +186,37 @@ def check_database(config: Config) -> None:
             "writer: serve it with one process, or use PostgreSQL for several "
             "(database.url / LEIDA_DATABASE_URL / --db postgresql://user@host:port/database)"
         )
+
+
+def webhook_settings(config: Config) -> WebhookSettings | None:
+    """The webhook sender's settings, or None if ``webhook.url`` is empty (webhooks off).
+    Errors name the key, never the secret's value."""
+    webhook = config["webhook"]
+    try:
+        keys = parse_secrets(webhook["secret"])
+    except SecretError as error:
+        raise ConfigError(f"webhook.secret: {error} (LEIDA_WEBHOOK_SECRET)") from None
+    if webhook["unread_after_seconds"] < 0:
+        raise ConfigError("webhook.unread_after_seconds must be 0 or more")
+    if webhook["timeout_seconds"] <= 0:
+        raise ConfigError("webhook.timeout_seconds must be positive")
+    try:
+        retry_seconds = tuple(float(delay) for delay in comma_list(webhook["retry_seconds"]))
+    except ValueError:
+        retry_seconds = ()
+    if not retry_seconds or any(not 0 <= delay < float("inf") for delay in retry_seconds):
+        raise ConfigError("webhook.retry_seconds must be seconds, comma-separated, e.g. 0,5,300 "
+                          "(LEIDA_WEBHOOK_RETRY_SECONDS)")
+    if not webhook["url"]:
+        return None
+    url = urlsplit(webhook["url"])
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError("webhook.url must be an http:// or https:// URL (LEIDA_WEBHOOK_URL; empty: webhooks off)")
+    if not keys:
+        raise ConfigError("webhook.secret is required when webhook.url is set: whsec_ followed by base64 "
+                          "(LEIDA_WEBHOOK_SECRET)")
+    return WebhookSettings(webhook["url"], keys, webhook["unread_after_seconds"], webhook["timeout_seconds"],
+                           retry_seconds)
 
 
 def database_location(config: Config) -> str:

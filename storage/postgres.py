@@ -49,6 +49,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -56,6 +57,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from .metrics import count_error
+from .outbox import Script, run_script_async, unread_watches
 from .outgoing import Outgoing, Pair, SenderKey, pairs_and_keys, plan_sends
 from .records import AccountNeedsName, Message, SendReceipt, Side
 from .schema import migrate_postgres
@@ -132,6 +134,8 @@ class PostgresDatabase:
     """The SQL, the transactions and the cross-process wake-ups of the PostgreSQL backend."""
 
     name = "postgresql"
+    #: seconds after which an unread message raises a webhook event (None: webhooks off, nothing watched)
+    unread_after: float | None = None
 
     def __init__(self, url: str, pool: asyncpg.Pool) -> None:
         self.url = url
@@ -225,7 +229,7 @@ class PostgresDatabase:
             if sends:
                 self._rang += 1
                 for index, outcome in zip(groups[Change.SEND], await _insert_messages(
-                        conn, sends, users, reads, f"{self.origin}/{self._rang}"), strict=True):
+                        conn, sends, users, reads, f"{self.origin}/{self._rang}", self.unread_after), strict=True):
                     results[index] = outcome
             elif reads:
                 await conn.execute(_LOCK_RADAR_USERS, users)
@@ -273,6 +277,17 @@ class PostgresDatabase:
                 made.append(rows(await conn.fetchval(f"SELECT COALESCE(MAX(id), 0) FROM {table}")))
                 await conn.copy_records_to_table(table, records=made[-1], columns=("id", "username", "token"))
             return made
+
+        return op
+
+    def scripted(self, script: Script[Any]) -> Op:
+        """``script`` (storage/outbox.py) as a one-off write."""
+
+        async def op(conn: Conn) -> Any:
+            async def fetch(sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+                return cast(list[Sequence[Any]], await conn.fetch(as_postgres(sql), *params))
+
+            return await run_script_async(script, fetch)
 
         return op
 
@@ -325,14 +340,16 @@ def _read_columns(reads: dict[Pair, list[int]]) -> list[list[int]]:
 
 
 async def _insert_messages(
-    conn: Conn, batch: list[Outgoing], users: list[int], reads: dict[Pair, list[int]], ringer: str
+    conn: Conn, batch: list[Outgoing], users: list[int], reads: dict[Pair, list[int]], ringer: str,
+    unread_after: float | None = None,
 ) -> list[tuple[SendReceipt, bool]]:
     """Two statements, whatever the batch's size: under load each round trip waits for
     the GIL, and costs more than the SQL (bench/README.md, "Backends"). The first
     (``send_context``, schema.py) locks ``users`` and reads which conversations exist,
     which client keys were used before, and new message ids; the second writes the
-    messages, their client keys, their conversations, the read positions ``reads`` and
-    rings the doorbell as ``ringer``."""
+    messages, their client keys, their conversations, the read positions ``reads``,
+    the unread stretches they start (``unread_after`` set: webhooks on; outbox.py)
+    and rings the doorbell as ``ringer``."""
     pairs, keys = pairs_and_keys(batch)
     conversations: set[Pair] = set()
     earlier: dict[SenderKey, SendReceipt] = {}
@@ -363,6 +380,7 @@ async def _insert_messages(
             del reads[pair]
     messages = list(zip(*planned.messages, strict=True)) or [(), (), (), (), (), ()]
     keys_written = list(zip(*planned.client_keys, strict=True)) or [(), (), (), ()]
+    watches = unread_watches(planned.messages, time.time() + unread_after) if unread_after is not None else []
     await conn.execute(
         "WITH new_message AS (INSERT INTO message (id, customer_id, user_id, send_type, content, created_at)"
         "  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::integer[], $5::text[], $6::text[])),"
@@ -377,13 +395,18 @@ async def _insert_messages(
         "  EXCLUDED.last_customer_message_id),"
         "  customer_read_id = GREATEST(conversation.customer_read_id, EXCLUDED.customer_read_id),"
         "  user_read_id = GREATEST(conversation.user_read_id, EXCLUDED.user_read_id)),"
-        f" moved AS ({_move_read_positions(20)})"
+        f" moved AS ({_move_read_positions(20)}),"
+        " watched AS (INSERT INTO unread_watch (customer_id, user_id, send_type, due_at)"
+        "  SELECT * FROM unnest($24::bigint[], $25::bigint[], $26::integer[], $27::float8[])"
+        "  ON CONFLICT (customer_id, user_id, send_type) DO UPDATE SET due_at = EXCLUDED.due_at"
+        "  WHERE unread_watch.due_at IS NULL)"
         " SELECT count(pg_notify($18, payload)) FROM unnest($19::text[]) AS payload",
         *messages, *keys_written,
         [pair[0] for pair in spans], [pair[1] for pair in spans],
         *(list(zip(*spans.values(), strict=True)) or [(), (), (), (), ()]),
         CHANNEL, doorbells(ringer, {pair: (span[0], span[1]) for pair, span in spans.items()}),
         *_read_columns(reads),
+        *(list(zip(*watches, strict=True)) or [(), (), (), ()]),
     )
     return planned.results
 

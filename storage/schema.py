@@ -107,6 +107,41 @@ MIGRATIONS: dict[int, str] = {
         filler BLOB NOT NULL
     );
     """,
+    6: """
+    -- Offline notifications (storage/outbox.py). Per conversation and direction
+    -- (send_type: whose messages), the unread stretch being watched: due_at is
+    -- when its oldest message turns webhook.unread_after_seconds old (NULL:
+    -- nothing to look at); announced_read_id is the reader's read position when
+    -- the last event fired (NULL: never), announced_up_to the last message id it
+    -- announced. Written in the send's own transaction.
+    CREATE TABLE unread_watch (
+        customer_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        send_type INTEGER NOT NULL,
+        due_at REAL,
+        announced_read_id INTEGER,
+        announced_up_to INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (customer_id, user_id, send_type)
+    ) WITHOUT ROWID;
+    CREATE INDEX unread_watch_due ON unread_watch (due_at) WHERE due_at IS NOT NULL;
+    -- the outbox: one row per webhook event, its body fixed when it was made, so
+    -- that every attempt sends the same bytes under the same webhook-id
+    CREATE TABLE webhook_event (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        user_id INTEGER NOT NULL,
+        customer_id INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        finished_at REAL
+    );
+    CREATE INDEX webhook_event_due ON webhook_event (next_attempt_at) WHERE status = 'pending';
+    CREATE INDEX webhook_event_by_status ON webhook_event (status, created_at);
+    """,
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -225,6 +260,33 @@ POSTGRES_MIGRATIONS: dict[int, str] = {
             UNION ALL
             SELECT 2, nextval('message_id_seq'), 0::BIGINT, '', '' FROM generate_series(1, id_count);
     END $$;
+    """,
+    6: """
+    CREATE TABLE unread_watch (
+        customer_id BIGINT NOT NULL,
+        user_id BIGINT NOT NULL,
+        send_type INTEGER NOT NULL,
+        due_at DOUBLE PRECISION,
+        announced_read_id BIGINT,
+        announced_up_to BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (customer_id, user_id, send_type)
+    );
+    CREATE INDEX unread_watch_due ON unread_watch (due_at) WHERE due_at IS NOT NULL;
+    CREATE TABLE webhook_event (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        user_id BIGINT NOT NULL,
+        customer_id BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION,
+        last_error TEXT NOT NULL DEFAULT '',
+        finished_at DOUBLE PRECISION
+    );
+    CREATE INDEX webhook_event_due ON webhook_event (next_attempt_at) WHERE status = 'pending';
+    CREATE INDEX webhook_event_by_status ON webhook_event (status, created_at);
     """,
 }
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -25,6 +26,7 @@ from typing import Any, cast
 import aiosqlite
 
 from .metrics import count_error
+from .outbox import WATCH_UNREAD, Script, run_script, unread_watches
 from .outgoing import Outgoing, Pair, SenderKey, SendRows, pairs_and_keys, plan_sends
 from .records import AccountNeedsName, SendReceipt, Side
 from .schema import migrate
@@ -67,6 +69,8 @@ class SQLiteDatabase:
     """The SQL and the transactions of the SQLite backend (``ChatStore`` holds the rules)."""
 
     name = "sqlite"
+    #: seconds after which an unread message raises a webhook event (None: webhooks off, nothing watched)
+    unread_after: float | None = None
 
     def __init__(self, path: Path, write_conn: aiosqlite.Connection, read_conn: sqlite3.Connection) -> None:
         self.path = path
@@ -132,10 +136,10 @@ class SQLiteDatabase:
         """Every change, then COMMIT, or nothing."""
         conn = self._write_conn._conn
         if _begin_without_waiting(conn):
-            results = _apply_or_roll_back(conn, changes)
+            results = _apply_or_roll_back(conn, changes, self.unread_after)
             await self._in_thread(_commit, conn)
         else:
-            results = await self._in_thread(_locked_transaction, conn, changes)
+            results = await self._in_thread(_locked_transaction, conn, changes, self.unread_after)
         return results
 
     async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
@@ -182,6 +186,14 @@ class SQLiteDatabase:
 
         return op
 
+    def scripted(self, script: Script[Any]) -> Op:
+        """``script`` (storage/outbox.py) as a one-off write."""
+
+        def op(conn: sqlite3.Connection) -> Any:
+            return run_script(script, lambda sql, params: conn.execute(sql, tuple(params)).fetchall())
+
+        return op
+
     def probe_write(self) -> Op:
         """A write as large as the largest send (readiness while the disk is failing)."""
 
@@ -194,10 +206,13 @@ class SQLiteDatabase:
 # -- each kind of change, applied as one list ------------------------------------------
 
 
-def _insert_messages(conn: sqlite3.Connection, batch: list[Outgoing]) -> list[tuple[SendReceipt, bool]]:
+def _insert_messages(
+    conn: sqlite3.Connection, batch: list[Outgoing], unread_after: float | None = None
+) -> list[tuple[SendReceipt, bool]]:
     """One query learns the next message id, which conversations exist and which
     client keys were used before; then one executemany each inserts the messages,
-    upserts their conversations and records the new client keys."""
+    upserts their conversations, records the new client keys and (``unread_after``
+    set: webhooks on) watches the unread stretches they start."""
     pairs, keys = pairs_and_keys(batch)
     parts = ["SELECT 0, COALESCE(MAX(id), 0), 0, '', 0, '' FROM message"]
     params: list[Any] = []
@@ -230,6 +245,8 @@ def _insert_messages(conn: sqlite3.Connection, batch: list[Outgoing]) -> list[tu
             earlier[(a, b, c)] = SendReceipt(message_id, created_at, duplicate=True)
     rows = plan_sends(batch, conversations, earlier, itertools.count(last_id + 1))
     _write_send_rows(conn, rows)
+    if unread_after is not None and rows.messages:
+        conn.executemany(WATCH_UNREAD, unread_watches(rows.messages, time.time() + unread_after))
     return rows.results
 
 
@@ -282,18 +299,20 @@ def _one_offs(conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
     return [op(conn) for op in ops]
 
 
+#: the other kinds (a send also needs to know whether to watch its unread stretch)
 _APPLY: dict[Change, Callable[[sqlite3.Connection, list[Any]], list[Any]]] = {
-    Change.SEND: _insert_messages,
     Change.READ_POSITIONS: _move_read_positions,
     Change.ONE_OFF: _one_offs,
 }
 
 
-def _apply_changes(conn: sqlite3.Connection, changes: Changes) -> list[Any]:
+def _apply_changes(conn: sqlite3.Connection, changes: Changes, unread_after: float | None) -> list[Any]:
     """Each kind of change applied as one list; the results in the order queued."""
     results: list[Any] = [None] * len(changes)
     for kind, indexes in by_kind(changes).items():
-        for index, outcome in zip(indexes, _APPLY[kind](conn, [changes[i][1] for i in indexes]), strict=True):
+        items = [changes[i][1] for i in indexes]
+        outcomes = _insert_messages(conn, items, unread_after) if kind is Change.SEND else _APPLY[kind](conn, items)
+        for index, outcome in zip(indexes, outcomes, strict=True):
             results[index] = outcome
     return results
 
@@ -324,7 +343,7 @@ def _commit(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _locked_transaction(conn: sqlite3.Connection, changes: Changes) -> list[Any]:
+def _locked_transaction(conn: sqlite3.Connection, changes: Changes, unread_after: float | None) -> list[Any]:
     """Runs on the writer thread: wait for another process's write lock, then the whole transaction."""
     conn.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_MS}")
     try:
@@ -336,15 +355,15 @@ def _locked_transaction(conn: sqlite3.Connection, changes: Changes) -> list[Any]
         raise
     finally:
         conn.execute("PRAGMA busy_timeout = 0")
-    results = _apply_or_roll_back(conn, changes)
+    results = _apply_or_roll_back(conn, changes, unread_after)
     _commit(conn)
     return results
 
 
-def _apply_or_roll_back(conn: sqlite3.Connection, changes: Changes) -> list[Any]:
+def _apply_or_roll_back(conn: sqlite3.Connection, changes: Changes, unread_after: float | None) -> list[Any]:
     """Inside an open transaction: every change, or a rollback and the error."""
     try:
-        return _apply_changes(conn, changes)
+        return _apply_changes(conn, changes, unread_after)
     except BaseException:
         _roll_back(conn)
         raise

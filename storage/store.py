@@ -26,6 +26,7 @@ import ujson
 
 from .accounts import AccountCache
 from .metrics import MESSAGES_FROM_CUSTOMERS, MESSAGES_FROM_RADAR_USERS, count_error
+from .outbox import DEFAULT_UNREAD_AFTER_SECONDS, Outbox
 from .outgoing import Outgoing
 from .records import (
     FROM_CUSTOMER,
@@ -155,6 +156,12 @@ class Database(Protocol):
 
     def probe_write(self) -> Any: ...
 
+    #: seconds after which an unread message raises a webhook event; None: nothing is watched
+    unread_after: float | None
+
+    def scripted(self, script: Any) -> Any:
+        """An outbox script (storage/outbox.py) as a one-off write for the writer."""
+
 
 class ChatStore:
     """The one object handlers talk to for anything stored."""
@@ -170,6 +177,18 @@ class ChatStore:
         #: queued read-position moves not yet committed, under each radar user id and each (customer_id, user_id)
         self._unsettled_marks: dict[int | tuple[int, int], set[asyncio.Future]] = {}
         self.waiters = Waiters()
+        #: the webhook events' table; its unread stretches are watched only once ``watch_unread`` is called
+        self.outbox = Outbox(self._run_script, database.fetch, database.name == "postgresql",
+                             unread_after=DEFAULT_UNREAD_AFTER_SECONDS)
+
+    def watch_unread(self, unread_after_seconds: float) -> None:
+        """From now on, every send also watches the unread stretch it starts (webhooks
+        are on): ``unread_after_seconds`` later, the outbox looks whether it was read."""
+        self.database.unread_after = unread_after_seconds
+        self.outbox.unread_after = unread_after_seconds
+
+    def _run_script(self, script: Any) -> Any:
+        return self._writer.run(self.database.scripted(script))
 
     @classmethod
     async def open(
