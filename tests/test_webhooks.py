@@ -9,12 +9,14 @@ the README, so that the example is known to work.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import secrets
 import signal
 import time
 from datetime import datetime
 
+import jsonschema_rs
 import pytest
 from receiver import Answer, Receiver
 
@@ -33,6 +35,17 @@ def readme_verify():
     namespace: dict = {}
     exec(code, namespace)
     return namespace["verify"]
+
+
+def matches_the_documented_schema(event: dict) -> None:
+    """The event is what openapi.json's ``webhooks`` section says it is."""
+    document = json.loads((ROOT / "handlers" / "openapi.json").read_text())
+    for name in ("message.unread", "reply.unread"):
+        ref = document["webhooks"][name]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/UnreadEvent"
+    errors = [error.message for error in jsonschema_rs.validator_for(
+        document["components"]["schemas"]["UnreadEvent"]).iter_errors(event)]
+    assert not errors, (errors, event)
 
 
 def new_secret() -> str:
@@ -91,6 +104,7 @@ def test_a_customer_message_left_unread_raises_one_signed_message_unread(tmp_pat
     assert re.fullmatch(r"evt_[0-9a-f]{24}", hook.id)
     assert abs(int(hook.headers["webhook-timestamp"]) - time.time()) < 10
     event = hook.event
+    matches_the_documented_schema(event)
     assert event["type"] == "message.unread"
     assert datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).tzinfo is not None
     data = event["data"]
@@ -111,6 +125,7 @@ def test_a_reply_the_customer_has_not_received_raises_reply_unread(tmp_path, sta
     reply = sent_id(server.radar_send(user, customer.id, {"info_type": 2, "product_name": "雷达名片"}))
     (hook,) = receiver.wait_for(1, ARRIVAL)
     assert hook.event["type"] == "reply.unread"
+    matches_the_documented_schema(hook.event)
     assert hook.event["data"]["message_ids"] == [reply] and hook.event["data"]["preview"] == "[商品] 雷达名片"
     assert readme_verify()(secret, hook.headers, hook.body)
 
@@ -179,8 +194,6 @@ def test_after_the_last_retry_an_event_fails_and_can_be_queued_again(tmp_path, s
     quiet_for(receiver, 2, 1.0)  # two delays configured: two attempts, then failed
     listed = run_cli(tmp_path, "webhooks", "--db", database, env=env)
     assert listed.returncode == 0, listed.stderr
-    import json
-
     shown = json.loads(listed.stdout)
     assert shown["counts"] == {"pending": 0, "delivered": 0, "failed": 1}
     (event,) = shown["events"]
@@ -280,6 +293,27 @@ def test_delivery_never_holds_up_sends_or_long_polls(tmp_path, start_server, dat
     assert woken and woken[0] == sent[0]
     assert time.monotonic() - started < 2.0
     assert len(receiver.received) == 1  # the slow attempt is still the only one
+
+
+def test_with_several_processes_each_event_is_sent_by_one_of_them(tmp_path, start_server, postgres_cluster,
+                                                                   receiver, secret):
+    """Two servers on one PostgreSQL database, 12 conversations gone unread at once: each
+    stretch is announced once and each event sent once (SKIP LOCKED), though both look."""
+    from postgres import require_postgres
+
+    require_postgres()
+    database = postgres_cluster.new_database()
+    user = cli_account(tmp_path, "add-user", "--db", database, "--name", "王经理")
+    customers = [cli_account(tmp_path, "add-customer", "--db", database, "--name", f"客户{n}") for n in range(12)]
+    env = webhook_env(receiver, secret)
+    servers = [start_server(*serve_args(tmp_path, database), env=env) for _ in range(2)]
+    sent = {sent_id(servers[n % 2].customer_send(customer, user.id, text("在吗"))): customer.id
+            for n, customer in enumerate(customers)}
+    hooks = receiver.wait_for(12, ARRIVAL)
+    quiet_for(receiver, 12, 3 * UNREAD_AFTER)
+    assert len({hook.id for hook in hooks}) == 12
+    assert sorted(i for hook in hooks for i in hook.event["data"]["message_ids"]) == sorted(sent)
+    assert all(readme_verify()(secret, hook.headers, hook.body) for hook in hooks)
 
 
 # -- operations -------------------------------------------------------------------------
