@@ -15,11 +15,18 @@ to receiving the held getmsg's answer. Prints a table and one JSON line.
 With ``--servers N`` (PostgreSQL), N servers share one database on N ports;
 the held requests are split over them and each reply is sent to a server
 other than the one holding its waiter, so every delivery crosses processes.
+
+``--unread-sends N`` has the last N customers each send a message just before
+the replies start, which nobody reads; with ``--webhook-delay S`` webhooks are
+on (``unread_after_seconds = 1``) and go to a receiver that answers each after
+S seconds, so that N ``message.unread`` events are due, and their attempts
+held open, while the replies are measured (``bench/webhooks.py`` runs both).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import sys
 import time
@@ -41,7 +48,42 @@ from harness import (  # noqa: E402
 )
 
 CUSTOMER_GETMSG = "/zhugeleida/gongzhonghao/chat/getmsg/0"
+CUSTOMER_SEND = "/zhugeleida/gongzhonghao/chat/send_msg/0"
 RADAR_SEND = "/zhugeleida/qiyeweixin/chat/send_msg/0"
+#: the bench's webhook secret (any whsec_ value: the receiver does not check it)
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"leida-chat bench webhook secret!").decode()
+
+
+class SlowReceiver:
+    """A webhook receiver on the load generator's loop: reads each request, then answers
+    204 after ``delay`` seconds, holding the sender's attempt open meanwhile."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.received = 0
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                self.received += 1
+                await asyncio.sleep(self.delay)
+                writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        self._server.close()
 
 
 async def hold(port: int, customer_id: int, token: str, user_id: int, wait: float,
@@ -64,8 +106,15 @@ async def hold(port: int, customer_id: int, token: str, user_id: int, wait: floa
 
 async def run(args: argparse.Namespace) -> dict:
     raise_open_file_limit()
+    receiver = None
+    env = None
+    if args.webhook_delay is not None:
+        receiver = SlowReceiver(args.webhook_delay)
+        env = {"LEIDA_WEBHOOK_URL": f"http://127.0.0.1:{await receiver.start()}/hooks",
+               "LEIDA_WEBHOOK_SECRET": WEBHOOK_SECRET, "LEIDA_WEBHOOK_UNREAD_AFTER_SECONDS": "1",
+               "LEIDA_WEBHOOK_TIMEOUT_SECONDS": str(args.webhook_delay + 10)}
     server = ChatServer(users=args.users, customers=args.waiters, python=args.python, backend=args.backend,
-                        processes=args.processes)
+                        processes=args.processes, env=env)
     servers = [server] + [ChatServer(0, args.waiters, python=args.python, processes=args.processes,
                                      database=server.db) for _ in range(args.servers - 1)]
     users = sorted(server.users.items())
@@ -123,7 +172,24 @@ async def run(args: argparse.Namespace) -> dict:
                 send_failures += 1
             pool.put_nowait(connection)
 
+        # messages nobody reads, from the customers that get no reply
+        unread_senders = customers[len(customers) - args.unread_sends:] if args.unread_sends else []
+
+        async def send_unread(customer_id: int, token: str) -> None:
+            nonlocal send_failures
+            pool = senders[holder[customer_id]]
+            connection = await pool.get()
+            status, body = await connection.request(
+                "POST", signed_path(CUSTOMER_SEND, customer_id, token),
+                f"u_id={rep[customer_id][0]}&content=%7B%22info_type%22%3A1%2C%22msg%22%3A%22unread%22%7D".encode())
+            if status != 200 or b'"code":200' not in body:
+                send_failures += 1
+            pool.put_nowait(connection)
+
+        await asyncio.gather(*(send_unread(cid, token) for cid, token in unread_senders))
+
         send_start = time.perf_counter()
+        hooks_before = receiver.received if receiver is not None else 0
         busy_start = sample_all(pids)
         postgres_start, loadgen_start = postgres_cpu_seconds(), own_cpu_seconds()
         tasks = []
@@ -138,6 +204,7 @@ async def run(args: argparse.Namespace) -> dict:
         while time.monotonic() < deadline and sum(1 for c in targets if c in received) < len(targets):
             await asyncio.sleep(0.05)
         busy_end = sample_all(pids)
+        hooks_during = (receiver.received if receiver is not None else 0) - hooks_before
         postgres_busy = postgres_cpu_seconds() - postgres_start
         loadgen_busy = own_cpu_seconds() - loadgen_start
         busy_seconds = busy_end.at - busy_start.at
@@ -149,6 +216,8 @@ async def run(args: argparse.Namespace) -> dict:
             connection.close()
     for other in servers[1:]:
         other.stop()
+    if receiver is not None:
+        receiver.close()
     return {
         "backend": args.backend,
         "radar_users": len(users),
@@ -178,6 +247,9 @@ async def run(args: argparse.Namespace) -> dict:
         "postgres_cpu_percent_during_replies": round(100 * postgres_busy / busy_seconds, 1),
         "loadgen_cpu_percent_during_replies": round(100 * loadgen_busy / busy_seconds, 1),
         "server_rss_mb_after": round(busy_end.rss_mb, 1),
+        "unread_sends": args.unread_sends,
+        "webhook_receiver_delay_s": args.webhook_delay,
+        "webhooks_received_during_replies": hooks_during,
     }
 
 
@@ -196,12 +268,18 @@ def main() -> None:
                         help="radar users; the customers are spread over them and each replies to its own")
     parser.add_argument("--servers", type=int, default=1,
                         help="servers on one PostgreSQL database; each reply goes to another server than its waiter's")
+    parser.add_argument("--unread-sends", type=int, default=0,
+                        help="messages from the customers without a reply, sent just before the replies, never read")
+    parser.add_argument("--webhook-delay", type=float,
+                        help="webhooks on, to a receiver that answers each after this many seconds")
     add_backend_arguments(parser)
     args = parser.parse_args()
     if args.servers > 1 and args.backend != "postgresql":
         parser.error("--servers needs --backend postgresql")
     if args.replies > args.waiters:
         parser.error("--replies must not exceed --waiters")
+    if args.unread_sends > args.waiters - args.replies:
+        parser.error("--unread-sends must not exceed --waiters minus --replies (the customers without a reply)")
     result = asyncio.run(run(args))
     print_table("long-poll: held requests and reply delivery", list(result.items()))
     print(json.dumps({"bench": "longpoll", **result}))
