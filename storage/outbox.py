@@ -118,8 +118,8 @@ WATCH_UNREAD = (
 
 
 def promote_due(now: float, unread_after: float, postgres: bool, first_attempt_at: float) -> Script[int]:
-    """Turn the watches due at ``now`` into events (or clear them), each to be sent first at
-    ``first_attempt_at``; returns how many events were made.
+    """Turn at most BATCH watches due at ``now`` into events (or clear them), each to be sent
+    first at ``first_attempt_at``; returns how many watches it looked at (BATCH: there may be more).
 
     On PostgreSQL each process takes watches no other holds (``SKIP LOCKED``), so
     that one stretch is looked at, and announced, by one process only.
@@ -134,7 +134,6 @@ def promote_due(now: float, unread_after: float, postgres: bool, first_attempt_a
         f" WHERE w.due_at <= ? ORDER BY w.due_at LIMIT ?{lock}",
         (now, BATCH),
     )
-    made = 0
     for customer_id, user_id, send_type, announced_read_id, announced_up_to, customer_read, user_read, \
             customer_name, user_name in due:
         key = (customer_id, user_id, send_type)
@@ -183,8 +182,7 @@ def promote_due(now: float, unread_after: float, postgres: bool, first_attempt_a
             " WHERE customer_id = ? AND user_id = ? AND send_type = ?",
             (read_id, last_id, *key),
         )
-        made += 1
-    return made
+    return len(due)
 
 
 def claim(now: float, lease_seconds: float, limit: int, postgres: bool) -> Script[list[WebhookEvent]]:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from prometheus_client import Counter, Gauge, Histogram
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
-from storage.outbox import Outbox, WebhookEvent
+from storage.outbox import BATCH, Outbox, WebhookEvent
 
 from .signing import signature_header
 
@@ -35,6 +35,9 @@ log = logging.getLogger("leida_chat.webhooks")
 
 #: attempts in flight at once, per process
 MAX_IN_FLIGHT = 16
+#: at most this many transactions of BATCH due watches per tick: a backlog drains at
+#: BATCH x this per tick, and no tick holds the writer (which the sends share) for long
+PROMOTIONS_PER_TICK = 4
 #: how long an event stays leased, in attempt timeouts: another process may take it after that
 LEASE_TIMEOUTS = 2
 #: the longest a Retry-After may push an attempt back
@@ -117,8 +120,10 @@ class WebhookSender:
         """Promote due stretches to events, and start an attempt for each event due now."""
         now = time.time()
         watch_due, event_due = await self.outbox.anything_due(now)
-        if watch_due and await self.outbox.promote_due(now, first_attempt_at=now + self.settings.retry_seconds[0]):
-            event_due = event_due or self.settings.retry_seconds[0] == 0
+        for _ in range(PROMOTIONS_PER_TICK if watch_due else 0):
+            if await self.outbox.promote_due(now, first_attempt_at=now + self.settings.retry_seconds[0]) < BATCH:
+                break
+        event_due = event_due or (watch_due and self.settings.retry_seconds[0] == 0)
         free = MAX_IN_FLIGHT - len(self._in_flight)
         if event_due and free > 0:
             lease = self.settings.timeout_seconds * LEASE_TIMEOUTS
