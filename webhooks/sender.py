@@ -83,6 +83,8 @@ class WebhookSender:
         self._client = AsyncHTTPClient(force_instance=True, max_clients=MAX_IN_FLIGHT)
         self._in_flight: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
+        #: set when an attempt ends: a slot is free, so look again now rather than at the next tick
+        self._slot_freed = asyncio.Event()
         self._counted_at = 0.0
         self._warned_at = 0.0
         #: where events go, for log lines: scheme and host only (a URL's path or query may carry a token)
@@ -114,7 +116,11 @@ class WebhookSender:
                 if now - self._warned_at >= WARN_EVERY_SECONDS:
                     log.warning("webhook outbox not reachable (%s); retrying", error)
                     self._warned_at = now
-            await asyncio.sleep(self.settings.tick_seconds)
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), self.settings.tick_seconds)
+            except TimeoutError:
+                pass
+            self._slot_freed.clear()
 
     async def tick(self) -> None:
         """Promote due stretches to events, and start an attempt for each event due now."""
@@ -130,12 +136,25 @@ class WebhookSender:
             for event in await self.outbox.claim(now, lease, free):
                 attempt = asyncio.get_running_loop().create_task(self._attempt(event))
                 self._in_flight.add(attempt)
-                attempt.add_done_callback(self._in_flight.discard)
+                attempt.add_done_callback(self._attempt_ended)
         if time.monotonic() - self._counted_at >= COUNT_EVERY_SECONDS:
             self._counted_at = time.monotonic()
             EVENTS_PENDING.set((await self.outbox.counts())["pending"])
 
+    def _attempt_ended(self, attempt: asyncio.Task) -> None:
+        self._in_flight.discard(attempt)
+        self._slot_freed.set()
+
     async def _attempt(self, event: WebhookEvent) -> None:
+        try:
+            await self._attempt_and_record(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the database away: the lease runs out and the event is sent again
+            log.warning("webhook %s: the attempt could not be recorded (%s); it is sent again once its "
+                        "lease runs out", event.id, error)
+
+    async def _attempt_and_record(self, event: WebhookEvent) -> None:
         response = await self._post(event)
         now = time.time()
         if 200 <= response.code < 300:
