@@ -209,6 +209,33 @@ def test_after_the_last_retry_an_event_fails_and_can_be_queued_again(tmp_path, s
     assert unknown.returncode == 2 and "no webhook event evt_nope" in unknown.stderr
 
 
+def test_an_answer_slower_than_the_timeout_is_a_failed_attempt(tmp_path, start_server, database, receiver, secret):
+    receiver.answers = [Answer(200, delay=2.0)]
+    user, customer = accounts(tmp_path, database)
+    server = start_server(*serve_args(tmp_path, database), env=webhook_env(receiver, secret, timeout=0.5))
+    server.customer_send(customer, user.id, text("在吗"))
+    slow, again = receiver.wait_for(2, ARRIVAL + 2)
+    assert slow.id == again.id and again.at - slow.at >= 0.45
+    deadline = time.monotonic() + ARRIVAL
+    while query(database, "SELECT status FROM webhook_event") != [("delivered",)]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert f"webhook {slow.id} attempt 1" in server.log() and "no answer" in server.log()
+
+
+def test_the_webhooks_command_names_what_is_wrong_with_its_arguments(tmp_path, database):
+    for args, message in [(("retry",), "webhooks retry takes event ids or --failed"),
+                          (("retry", "evt_1", "--failed"), "webhooks retry takes event ids or --failed"),
+                          (("list", "--failed"), "IDs and --failed go with `webhooks retry`"),
+                          (("resend",), "invalid choice: 'resend'")]:
+        result = run_cli(tmp_path, "webhooks", *args, "--db", database)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    listed = run_cli(tmp_path, "webhooks", "--all", "--db", database)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == {
+        "counts": {"pending": 0, "delivered": 0, "failed": 0}, "events": []}
+
+
 def test_a_410_stops_retrying_that_event_with_a_warning(tmp_path, start_server, database, receiver, secret):
     receiver.then = Answer(410)
     user, customer = accounts(tmp_path, database)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from prometheus_client import Counter, Gauge, Histogram
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from storage.outbox import BATCH, Outbox, WebhookEvent
 
@@ -83,7 +84,8 @@ class WebhookSender:
         self._client = AsyncHTTPClient(force_instance=True, max_clients=MAX_IN_FLIGHT)
         self._in_flight: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
-        #: set when an attempt ends: a slot is free, so look again now rather than at the next tick
+        #: set when half the attempt slots are free: look again now rather than at the next tick
+        #: (by halves, so that each claim, a write transaction, takes several events)
         self._slot_freed = asyncio.Event()
         self._counted_at = 0.0
         self._warned_at = 0.0
@@ -143,7 +145,8 @@ class WebhookSender:
 
     def _attempt_ended(self, attempt: asyncio.Task) -> None:
         self._in_flight.discard(attempt)
-        self._slot_freed.set()
+        if len(self._in_flight) <= MAX_IN_FLIGHT // 2:
+            self._slot_freed.set()
 
     async def _attempt(self, event: WebhookEvent) -> None:
         try:
@@ -155,28 +158,34 @@ class WebhookSender:
                         "lease runs out", event.id, error)
 
     async def _attempt_and_record(self, event: WebhookEvent) -> None:
-        response = await self._post(event)
+        error_text = ""
+        try:
+            response: HTTPResponse | None = await self._post(event)
+        except Exception as no_answer:  # in time, refused, reset: tornado raises these whatever raise_error says
+            response, error_text = None, f"no answer ({_reason(no_answer)})"
         now = time.time()
-        if 200 <= response.code < 300:
+        code = response.code if response is not None else 599
+        if 200 <= code < 300:
             ATTEMPTS.labels("success").inc()
             await self.outbox.delivered(event.id, now)
             EVENTS_FINISHED.labels("delivered").inc()
             DELIVERY_SECONDS.observe(max(0.0, now - event.created_at))
             return
         ATTEMPTS.labels("failure").inc()
-        error = _describe(response)
-        if response.code == 410:
+        error_text = error_text if response is None else f"HTTP {code}"
+        if code == 410:
             log.warning("webhook %s: the receiver answered 410 Gone; not retrying this event", event.id)
             next_attempt_at = None
         else:
-            next_attempt_at = self.next_attempt_at(event.attempts + 1, now, _retry_after(response, now))
-        await self.outbox.attempt_failed(event.id, now, error, next_attempt_at)
+            retry_after = _retry_after(response, now) if response is not None else None
+            next_attempt_at = self.next_attempt_at(event.attempts + 1, now, retry_after)
+        await self.outbox.attempt_failed(event.id, now, error_text, next_attempt_at)
         if next_attempt_at is None:
             EVENTS_FINISHED.labels("failed").inc()
-            log.warning("webhook %s (%s) failed after %d attempts: %s", event.id, event.type, event.attempts + 1, error)
+            log.warning("webhook %s (%s) failed after %d attempts: %s", event.id, event.type, event.attempts + 1, error_text)
         else:
             log.info("webhook %s attempt %d to %s: %s; next in %.1f s", event.id, event.attempts + 1,
-                     self.destination, error, next_attempt_at - now)
+                     self.destination, error_text, next_attempt_at - now)
 
     def next_attempt_at(self, attempts_made: int, now: float, retry_after: float | None) -> float | None:
         """When to try again after ``attempts_made`` attempts, or None: that was the last."""
@@ -204,11 +213,13 @@ class WebhookSender:
         return await self._client.fetch(request, raise_error=False)
 
 
-def _describe(response: HTTPResponse) -> str:
-    """What went wrong, without the URL (it may carry a token) and never a header."""
-    if response.code == 599:
-        return f"no answer ({type(response.error).__name__}: {response.error})" if response.error else "no answer"
-    return f"HTTP {response.code}"
+def _reason(error: BaseException) -> str:
+    """Why there was no answer, in words: never the URL (it may carry a token) nor a header."""
+    if isinstance(error, HTTPClientError):
+        return error.message or f"HTTP {error.code}"
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    return type(error).__name__
 
 
 def _retry_after(response: HTTPResponse, now: float) -> float | None:
