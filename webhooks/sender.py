@@ -64,6 +64,8 @@ for _result in ("success", "failure"):
 
 @dataclass(frozen=True)
 class WebhookSettings:
+    """The ``[webhook]`` settings, checked (leida_config.webhook_settings)."""
+
     url: str
     keys: list[bytes]
     unread_after_seconds: float
@@ -78,6 +80,8 @@ class WebhookSettings:
 
 
 class WebhookSender:
+    """The outbox's one sender in this process (see the module docstring)."""
+
     def __init__(self, outbox: Outbox, settings: WebhookSettings) -> None:
         self.outbox = outbox
         self.settings = settings
