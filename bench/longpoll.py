@@ -28,6 +28,9 @@ import argparse
 import asyncio
 import base64
 import json
+import math
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -188,6 +191,14 @@ async def run(args: argparse.Namespace) -> dict:
 
         await asyncio.gather(*(send_unread(cid, token) for cid, token in unread_senders))
 
+        profiler = None
+        if args.profile:  # py-spy over exactly the replies (and the wait for their deliveries)
+            profiler = subprocess.Popen(
+                [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record",
+                 "--pid", str(pids[0]), "--duration", str(math.ceil(len(targets) / args.rate) + 1),
+                 "--rate", "500", "--format", "raw", "--nonblocking", "--output", args.profile],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await asyncio.sleep(0.3)  # py-spy attached
         send_start = time.perf_counter()
         hooks_before = receiver.received if receiver is not None else 0
         busy_start = sample_all(pids)
@@ -212,6 +223,8 @@ async def run(args: argparse.Namespace) -> dict:
         latencies = sorted((received[c] - sent_at[c]) * 1000 for c in delivered)
         still_held = args.waiters - len(received)
 
+        if profiler is not None:
+            profiler.wait(timeout=60)
         for connection in connections:
             connection.close()
     for other in servers[1:]:
@@ -270,6 +283,8 @@ def main() -> None:
                         help="servers on one PostgreSQL database; each reply goes to another server than its waiter's")
     parser.add_argument("--unread-sends", type=int, default=0,
                         help="messages from the customers without a reply, sent just before the replies, never read")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the (first) server with py-spy during the replies; bench/stages.py reads it")
     parser.add_argument("--webhook-delay", type=float,
                         help="webhooks on, to a receiver that answers each after this many seconds")
     add_backend_arguments(parser)
@@ -282,6 +297,12 @@ def main() -> None:
         parser.error("--unread-sends must not exceed --waiters minus --replies (the customers without a reply)")
     result = asyncio.run(run(args))
     print_table("long-poll: held requests and reply delivery", list(result.items()))
+    if args.profile:
+        from stages import report
+
+        cpu_ms = result["server_cpu_percent_during_replies"] / 100 / result["rate_achieved"] * 1000
+        print(f"\nstages during the replies (server CPU {cpu_ms:.2f} ms per delivered message):")
+        print("\n".join(report(args.profile, cpu_ms)))
     print(json.dumps({"bench": "longpoll", **result}))
 
 
