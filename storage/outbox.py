@@ -46,8 +46,6 @@ PREVIEW_CHARS = 200
 PREVIEW_LABELS = {2: "[商品]", 3: "[索要联系方式]", 4: "[图片]", 5: "[视频]", 6: "[店铺链接]"}
 #: how many due watches, or events to send, one transaction takes
 BATCH = 50
-#: webhook.unread_after_seconds when not set
-DEFAULT_UNREAD_AFTER_SECONDS = 60.0
 
 STATUSES = ("pending", "delivered", "failed")
 
@@ -302,21 +300,18 @@ class Outbox:
         write: Callable[[Script[Any]], Awaitable[Any]],
         fetch: Callable[[str, Sequence[Any]], Awaitable[list[Sequence[Any]]]],
         postgres: bool,
-        unread_after: float,
     ) -> None:
         self._write = write
         self._fetch = fetch
         self._postgres = postgres
-        self.unread_after = unread_after
 
     async def anything_due(self, now: float) -> tuple[bool, bool]:
         """(a watch is due, an event is due)."""
         ((watches, events),) = await self._fetch(ANYTHING_DUE, (now, now))
         return bool(watches), bool(events)
 
-    async def promote_due(self, now: float, first_attempt_at: float | None = None) -> int:
-        return int(await self._write(promote_due(
-            now, self.unread_after, self._postgres, now if first_attempt_at is None else first_attempt_at)))
+    async def promote_due(self, now: float, unread_after: float, first_attempt_at: float) -> int:
+        return int(await self._write(promote_due(now, unread_after, self._postgres, first_attempt_at)))
 
     async def claim(self, now: float, lease_seconds: float, limit: int) -> list[WebhookEvent]:
         return list(await self._write(claim(now, lease_seconds, limit, self._postgres)))

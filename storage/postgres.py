@@ -141,7 +141,7 @@ class PostgresDatabase:
         self.url = url
         self._pool = pool
         self._writer_thread = WriterThread(url)
-        #: names this process in its notifications, so that it does not wake its own waiters twice
+        #: names this process in its doorbells: its own tell it when its commits may be handed over
         self.origin = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.listener: Listener | None = None
         #: the number of the last transaction that rang (set on the writer's thread, read after its COMMIT)

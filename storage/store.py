@@ -26,7 +26,7 @@ import ujson
 
 from .accounts import AccountCache
 from .metrics import MESSAGES_FROM_CUSTOMERS, MESSAGES_FROM_RADAR_USERS, count_error
-from .outbox import DEFAULT_UNREAD_AFTER_SECONDS, Outbox
+from .outbox import Outbox
 from .outgoing import Outgoing
 from .records import (
     FROM_CUSTOMER,
@@ -178,14 +178,12 @@ class ChatStore:
         self._unsettled_marks: dict[int | tuple[int, int], set[asyncio.Future]] = {}
         self.waiters = Waiters()
         #: the webhook events' table; its unread stretches are watched only once ``watch_unread`` is called
-        self.outbox = Outbox(self._run_script, database.fetch, database.name == "postgresql",
-                             unread_after=DEFAULT_UNREAD_AFTER_SECONDS)
+        self.outbox = Outbox(self._run_script, database.fetch, database.name == "postgresql")
 
     def watch_unread(self, unread_after_seconds: float) -> None:
         """From now on, every send also watches the unread stretch it starts (webhooks
         are on): ``unread_after_seconds`` later, the outbox looks whether it was read."""
         self.database.unread_after = unread_after_seconds
-        self.outbox.unread_after = unread_after_seconds
 
     def _run_script(self, script: Any) -> Any:
         return self._writer.run(self.database.scripted(script))

@@ -94,7 +94,8 @@ class WebhookSender:
         self._counted_at = 0.0
         self._warned_at = 0.0
         #: where events go, for log lines: scheme and host only (a URL's path or query may carry a token)
-        self.destination = f"{urlsplit(settings.url).scheme}://{urlsplit(settings.url).netloc.rpartition('@')[2]}"
+        url = urlsplit(settings.url)
+        self.destination = f"{url.scheme}://{url.netloc.rpartition('@')[2]}"
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -133,7 +134,8 @@ class WebhookSender:
         now = time.time()
         watch_due, event_due = await self.outbox.anything_due(now)
         for _ in range(PROMOTIONS_PER_TICK if watch_due else 0):
-            if await self.outbox.promote_due(now, first_attempt_at=now + self.settings.retry_seconds[0]) < BATCH:
+            if await self.outbox.promote_due(now, self.settings.unread_after_seconds,
+                                             first_attempt_at=now + self.settings.retry_seconds[0]) < BATCH:
                 break
         event_due = event_due or (watch_due and self.settings.retry_seconds[0] == 0)
         free = MAX_IN_FLIGHT - len(self._in_flight)
