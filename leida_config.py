@@ -98,7 +98,9 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             raise ValueError
         return value
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}") from None
+        wanted = "list of numbers or strings, or a comma-separated string" if isinstance(value, list) and isinstance(default, str) \
+            else type(default).__name__
+        raise ConfigError(f"{name} must be a {wanted}, got {value!r}") from None
 
 
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
