@@ -72,6 +72,16 @@ def sample(pid: int) -> ProcessSample:
     return ProcessSample(cpu, rss_kb / 1024, time.monotonic())
 
 
+def loop_thread_cpu_seconds(pids: list[int]) -> float:
+    """CPU of the processes' main threads (the event loop), without SQLite's and other threads'."""
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/task/{pid}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
 def sample_all(pids: list[int]) -> ProcessSample:
     """The processes together: CPU and RSS summed."""
     samples = [sample(pid) for pid in pids]
@@ -134,8 +144,9 @@ class ChatServer:
 
     def __init__(self, users: int, customers: int, env: dict[str, str] | None = None,
                  python: str = sys.executable, backend: str = "sqlite", processes: int = 1,
-                 database: str | None = None) -> None:
-        """``database``: serve one that another ChatServer made (several servers, one database)."""
+                 database: str | None = None, entry: list[str] | None = None) -> None:
+        """``database``: serve one that another ChatServer made (several servers, one database);
+        ``entry``: what runs ``leida_chat.py serve`` (default: ``python leida_chat.py``)."""
         self.dir = Path(tempfile.mkdtemp(prefix="leida-bench-"))
         self.processes = processes
         self.db = database or (postgres_cluster().new_database() if backend == "postgresql"
@@ -144,6 +155,7 @@ class ChatServer:
         self.env = {"LEIDA_METRICS_PORT": "0", **os.environ, "LEIDA_LOG_ACCESS": "false",
                     "LEIDA_LONGPOLL_MAX_WAITERS": str(customers + 1000), **(env or {})}
         self.python = python
+        self.entry = entry or [python, str(ROOT / "leida_chat.py")]
         self.users: dict[int, str] = {}
         self.customers: dict[int, str] = {}
         if database is None:
@@ -161,7 +173,7 @@ class ChatServer:
     def start(self) -> ChatServer:
         self.log = open(self.dir / "server.log", "w")
         self.process = subprocess.Popen(
-            [self.python, str(ROOT / "leida_chat.py"), "serve", "--db", self.db,
+            [*self.entry, "serve", "--db", self.db,
              "--host", "127.0.0.1", "--port", str(self.port), "--processes", str(self.processes)],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
         )

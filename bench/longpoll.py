@@ -41,6 +41,7 @@ from harness import (  # noqa: E402
     Connection,
     add_backend_arguments,
     cpu_percent,
+    loop_thread_cpu_seconds,
     own_cpu_seconds,
     percentile,
     postgres_cpu_seconds,
@@ -202,6 +203,7 @@ async def run(args: argparse.Namespace) -> dict:
         send_start = time.perf_counter()
         hooks_before = receiver.received if receiver is not None else 0
         busy_start = sample_all(pids)
+        loop_start = loop_thread_cpu_seconds(pids)
         postgres_start, loadgen_start = postgres_cpu_seconds(), own_cpu_seconds()
         tasks = []
         for index, customer_id in enumerate(targets):
@@ -215,6 +217,7 @@ async def run(args: argparse.Namespace) -> dict:
         while time.monotonic() < deadline and sum(1 for c in targets if c in received) < len(targets):
             await asyncio.sleep(0.05)
         busy_end = sample_all(pids)
+        loop_busy = loop_thread_cpu_seconds(pids) - loop_start
         hooks_during = (receiver.received if receiver is not None else 0) - hooks_before
         postgres_busy = postgres_cpu_seconds() - postgres_start
         loadgen_busy = own_cpu_seconds() - loadgen_start
@@ -257,6 +260,9 @@ async def run(args: argparse.Namespace) -> dict:
         "latency_ms_p99": round(percentile(latencies, 0.99), 3),
         "latency_ms_max": round(latencies[-1], 3) if latencies else None,
         "server_cpu_percent_during_replies": round(cpu_percent(busy_start, busy_end), 1),
+        "server_cpu_ms_per_message": round(
+            (busy_end.cpu_seconds - busy_start.cpu_seconds) * 1000 / max(len(delivered), 1), 3),
+        "loop_thread_cpu_ms_per_message": round(loop_busy * 1000 / max(len(delivered), 1), 3),
         "postgres_cpu_percent_during_replies": round(100 * postgres_busy / busy_seconds, 1),
         "loadgen_cpu_percent_during_replies": round(100 * loadgen_busy / busy_seconds, 1),
         "server_rss_mb_after": round(busy_end.rss_mb, 1),
@@ -300,9 +306,10 @@ def main() -> None:
     if args.profile:
         from stages import report
 
-        cpu_ms = result["server_cpu_percent_during_replies"] / 100 / result["rate_achieved"] * 1000
-        print(f"\nstages during the replies (server CPU {cpu_ms:.2f} ms per delivered message):")
-        print("\n".join(report(args.profile, cpu_ms)))
+        loop_ms = result["loop_thread_cpu_ms_per_message"]
+        print(f"\nstages during the replies (server CPU {result['server_cpu_ms_per_message']:.2f} ms per delivered"
+              f" message, {loop_ms:.2f} on the event loop's thread):")
+        print("\n".join(report(args.profile, loop_ms, result["server_cpu_ms_per_message"] - loop_ms)))
     print(json.dumps({"bench": "longpoll", **result}))
 
 

@@ -2,11 +2,16 @@
 """The hot path's stages, from py-spy samples of the server during longpoll.py's replies.
 
 ``longpoll.py --profile FILE`` records the server with py-spy (``--format raw``)
-for exactly the reply phase; this script sorts each sample into the stage of
-its innermost recognised frame and prints each stage's share, and, given the
-server CPU per delivered message in ms, its microseconds per message:
+for exactly the reply phase; this script sorts each sample of the event loop's
+thread into the stage of its innermost recognised frame and prints each
+stage's share, and, given that thread's CPU per delivered message in ms, its
+microseconds per message:
 
-    python bench/stages.py /tmp/replies.txt 1.0
+    python bench/stages.py /tmp/replies.txt 0.9
+
+Only the loop thread's samples are shared out: py-spy counts aiosqlite's
+thread as busy while it waits for work or for an fsync, so its samples are not
+CPU. Its CPU (from /proc, ``longpoll.py`` prints it) is a row of its own.
 """
 from __future__ import annotations
 
@@ -37,26 +42,33 @@ def stage_of(frames: list[str]) -> str:
 
 
 def classify(path: str) -> tuple[collections.Counter, int]:
+    """Stage -> samples, over the event loop thread's samples only (threads start at ``Thread._bootstrap``)."""
     counts: collections.Counter = collections.Counter()
     total = 0
     with open(path) as samples:
         for line in samples:
             stack, _, count = line.rstrip().rpartition(" ")
-            if not count.isdigit():
+            if not count.isdigit() or stack.startswith("Thread._bootstrap"):
                 continue
             total += int(count)
             counts[stage_of(stack.split(";"))] += int(count)
     return counts, total
-def report(path: str, cpu_ms_per_message: float | None) -> list[str]:
+
+
+def report(path: str, loop_ms_per_message: float | None, thread_ms_per_message: float | None = None) -> list[str]:
     counts, total = classify(path)
     lines = []
     for stage, n in counts.most_common():
         share = n / total
-        extra = f"  {share * cpu_ms_per_message * 1000:6.0f} µs/message" if cpu_ms_per_message else ""
+        extra = f"  {share * loop_ms_per_message * 1000:6.0f} µs/message" if loop_ms_per_message else ""
         lines.append(f"{100 * share:5.1f}%  {stage}{extra}")
-    lines.append(f"samples {total}")
+    if thread_ms_per_message is not None:
+        lines.append(f"        other threads (COMMIT and fsync on aiosqlite's thread)  "
+                     f"{thread_ms_per_message * 1000:6.0f} µs/message")
+    lines.append(f"loop thread samples {total}")
     return lines
 
 
 if __name__ == "__main__":
-    print("\n".join(report(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else None)))
+    arguments = [float(value) for value in sys.argv[2:4]]
+    print("\n".join(report(sys.argv[1], *arguments)))

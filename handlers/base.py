@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode
 import tornado
 import ujson
 from tornado import httputil
+from tornado.util import ObjectDict
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from storage import ChatStore, Customer, RadarUser, StorageFailing
@@ -46,6 +47,8 @@ _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 _SERVER = f"TornadoServer/{tornado.version}"
 _JSON = "application/json; charset=UTF-8"
 _date_cache: tuple[int, str] = (0, "")
+#: what templates would see as ``ui``; no answer here is a template
+_NO_TEMPLATES = ObjectDict()
 
 
 def _http_date() -> str:
@@ -123,6 +126,20 @@ class ApiHandler(RequestHandler):
     would otherwise buffer and parse every body before the handler runs (and
     answer a malformed one with a bare 400 of its own).
     """
+
+    def __init__(self, application: Any, request: httputil.HTTPServerRequest, **kwargs: Any) -> None:
+        """Tornado's own set-up without its template namespace (``self.ui``: one dict and
+        one module namespace per request, for templates that no route here renders)."""
+        self.application = application
+        self.request = request
+        self._headers_written = False
+        self._finished = False
+        self._auto_finish = True
+        self._prepared_future = None
+        self.ui = _NO_TEMPLATES
+        self.clear()
+        request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
+        self.initialize(**kwargs)
 
     def initialize(self, store: ChatStore, settings: ApiSettings, inflight: InFlight) -> None:
         self.store = store
@@ -255,6 +272,11 @@ class SignedHandler(ApiHandler):
     SUPPORTED_METHODS = ("GET", "POST", "OPTIONS")
 
     signer: Customer | RadarUser
+    # Class defaults until a body arrives: a held GET never sets them, and its
+    # instance dict stays at its first size (832 B per held request, tracemalloc).
+    _body_chunks: list[bytes] | tuple[()] = ()
+    _body_size = 0
+    _body_rejected = False
 
     async def find_signer(self, account_id: int) -> Customer | RadarUser | None:
         raise NotImplementedError
@@ -265,9 +287,6 @@ class SignedHandler(ApiHandler):
         return (type(self.signer).__name__, self.signer.id)
 
     async def prepare(self) -> None:
-        self._body_chunks: list[bytes] = []
-        self._body_size = 0
-        self._body_rejected = False
         super().prepare()
         if self.request.method == "OPTIONS":
             return  # a preflight carries no signature; options() answers it
@@ -302,9 +321,11 @@ class SignedHandler(ApiHandler):
         self._body_size += len(chunk)
         if self._body_size > self.api.max_body_bytes:
             self._body_rejected = True
-            self._body_chunks.clear()
+            self._body_chunks = ()
             self.send_error(413)
             return
+        if not self._body_chunks:
+            self._body_chunks = []
         self._body_chunks.append(chunk)
 
     async def verify_signature(self) -> Customer | RadarUser:
