@@ -87,8 +87,7 @@ async def run(args: argparse.Namespace) -> dict:
     top = []
     for stat in stats[:args.top]:
         frame = stat.traceback[0]
-        where = (str(Path(frame.filename).relative_to(ROOT)) if frame.filename.startswith(str(ROOT))
-                 else "/".join(Path(frame.filename).parts[-2:]))
+        where = _short(frame.filename)
         top.append({"where": f"{where}:{frame.lineno}", "bytes_per_held": round(stat.size_diff / args.held),
                     "blocks_per_held": round(stat.count_diff / args.held, 2)})
     rows: list[tuple[str, object]] = [("traced bytes per held request", round(total / args.held))]
@@ -108,6 +107,16 @@ async def run(args: argparse.Namespace) -> dict:
     print_table(f"memory per held getmsg ({args.held} held)", rows)
     return {"held": args.held, "traced_bytes_per_held": round(total / args.held),
             "rss_bytes_per_held": round(rss_per_held), "top": top}
+
+
+def _short(filename: str) -> str:
+    """``tornado/iostream.py`` for an installed package's file, ``handlers/base.py`` for ours."""
+    path = Path(filename)
+    if "site-packages" in path.parts:
+        return "/".join(path.parts[path.parts.index("site-packages") + 1:])
+    if filename.startswith(str(ROOT)):
+        return str(path.relative_to(ROOT))
+    return "/".join(path.parts[-2:])
 
 
 def main() -> None:
