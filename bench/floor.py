@@ -23,12 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     Connection,
+    at_rate,
     free_port,
     loop_thread_cpu_seconds,
     percentile,
     print_table,
     raise_open_file_limit,
     sample_all,
+    until,
     wait_for_port,
 )
 
@@ -70,17 +72,9 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> dict:
 
     before, loop_before = sample_all([pid]), loop_thread_cpu_seconds([pid])
     start = time.perf_counter()
-    tasks = []
-    for index in range(args.replies):
-        delay = start + index / args.rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(send(index)))
-    await asyncio.gather(*tasks)
+    await at_rate(list(range(args.replies)), args.rate, start, send)
     seconds = time.perf_counter() - start
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and len(received) < args.replies:
-        await asyncio.sleep(0.05)
+    await until(lambda: len(received) == args.replies, 10)
     after, loop_after = sample_all([pid]), loop_thread_cpu_seconds([pid])
     for connection in connections:
         connection.close()

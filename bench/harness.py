@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,6 +304,25 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+async def at_rate(items: list, rate: float, start: float, send: Any) -> None:
+    """``await send(item)`` for every item, the n-th started at ``start + n / rate``
+    (``time.perf_counter``), whether or not the earlier ones have been answered."""
+    tasks = []
+    for index, item in enumerate(items):
+        delay = start + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(send(item)))
+    await asyncio.gather(*tasks)
+
+
+async def until(condition: Any, timeout: float) -> None:
+    """Return once ``condition()`` holds, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not condition():
+        await asyncio.sleep(0.05)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:

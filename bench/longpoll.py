@@ -40,6 +40,7 @@ from harness import (  # noqa: E402
     ChatServer,
     Connection,
     add_backend_arguments,
+    at_rate,
     cpu_percent,
     loop_thread_cpu_seconds,
     own_cpu_seconds,
@@ -49,6 +50,7 @@ from harness import (  # noqa: E402
     raise_open_file_limit,
     sample_all,
     signed_path,
+    until,
 )
 
 CUSTOMER_GETMSG = "/zhugeleida/gongzhonghao/chat/getmsg/0"
@@ -205,17 +207,9 @@ async def run(args: argparse.Namespace) -> dict:
         busy_start = sample_all(pids)
         loop_start = loop_thread_cpu_seconds(pids)
         postgres_start, loadgen_start = postgres_cpu_seconds(), own_cpu_seconds()
-        tasks = []
-        for index, customer_id in enumerate(targets):
-            delay = send_start + index / args.rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(reply(customer_id)))
-        await asyncio.gather(*tasks)
+        await at_rate(targets, args.rate, send_start, reply)
         send_seconds = time.perf_counter() - send_start
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sum(1 for c in targets if c in received) < len(targets):
-            await asyncio.sleep(0.05)
+        await until(lambda: sum(1 for c in targets if c in received) == len(targets), 10)
         busy_end = sample_all(pids)
         loop_busy = loop_thread_cpu_seconds(pids) - loop_start
         hooks_during = (receiver.received if receiver is not None else 0) - hooks_before
