@@ -47,8 +47,6 @@ _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 _SERVER = f"TornadoServer/{tornado.version}"
 _JSON = "application/json; charset=UTF-8"
 _date_cache: tuple[int, str] = (0, "")
-#: what templates would see as ``ui``; no answer here is a template
-_NO_TEMPLATES = ObjectDict()
 
 
 def _http_date() -> str:
@@ -138,7 +136,7 @@ class ApiHandler(RequestHandler):
         self._finished = False
         self._auto_finish = True
         self._prepared_future = None
-        self.ui = _NO_TEMPLATES
+        self.ui = ObjectDict()  # empty: what templates would see, were there any
         self.clear()
         request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
         self.initialize(**kwargs)
