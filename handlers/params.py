@@ -71,7 +71,7 @@ class Params:
         maximum: int = INT64_MAX,
     ) -> int | None:
         value = self.text(name, required=required)
-        if value is None:
+        if not value:  # None: not given; "": required and its failure already recorded
             return default
         if not _INTEGER.fullmatch(value.strip()) or abs(int(value)) > INT64_MAX:
             self.fail(name, f"{name} must be an integer")

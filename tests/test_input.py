@@ -84,6 +84,8 @@ async def test_missing_fields_are_all_named_at_once(api, customer):
     body = await api.post(SEND, customer, {})
     assert_invalid(body, "u_id", "required")
     assert_invalid(body, "content", "required")
+    # a missing field is one mistake, not also a badly formed one
+    assert [error["code"] for error in body["data"]["u_id"]] == ["required"]
 
 
 @pytest.mark.gen_test
