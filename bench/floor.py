@@ -25,6 +25,7 @@ from harness import (  # noqa: E402
     Connection,
     at_rate,
     free_port,
+    held_get,
     loop_thread_cpu_seconds,
     percentile,
     print_table,
@@ -42,18 +43,7 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> dict:
     received: dict[int, float] = {}
 
     async def hold(key: int) -> Connection:
-        connection = await Connection.open(port)
-        connection.send("GET", f"/bare/wait?key={key}")
-
-        async def await_answer() -> None:
-            try:
-                await connection.response()
-            except ConnectionError:
-                return
-            received[key] = connection.answered_at
-
-        asyncio.ensure_future(await_answer())
-        return connection
+        return await held_get(port, f"/bare/wait?key={key}", lambda status, body, at: received.__setitem__(key, at))
 
     connections: list[Connection] = []
     for first in range(0, args.waiters, 500):

@@ -61,10 +61,15 @@ class ProcessSample:
     at: float
 
 
-def sample(pid: int) -> ProcessSample:
-    with open(f"/proc/{pid}/stat") as file:
+def cpu_seconds(stat_path: str) -> float:
+    """utime + stime from a /proc ``stat`` file (a process's, or one thread's under ``task/``)."""
+    with open(stat_path) as file:
         fields = file.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def sample(pid: int) -> ProcessSample:
+    cpu = cpu_seconds(f"/proc/{pid}/stat")
     rss_kb = 0
     with open(f"/proc/{pid}/status") as file:
         for line in file:
@@ -75,12 +80,7 @@ def sample(pid: int) -> ProcessSample:
 
 def loop_thread_cpu_seconds(pids: list[int]) -> float:
     """CPU of the processes' main threads (the event loop), without SQLite's and other threads'."""
-    total = 0.0
-    for pid in pids:
-        with open(f"/proc/{pid}/task/{pid}/stat") as file:
-            fields = file.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return total
+    return sum(cpu_seconds(f"/proc/{pid}/task/{pid}/stat") for pid in pids)
 
 
 def sample_all(pids: list[int]) -> ProcessSample:
@@ -304,6 +304,24 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+async def held_get(port: int, path: str, answered: Any = None) -> Connection:
+    """A new connection with ``GET path`` sent and left waiting; ``answered(status, body, at)``
+    runs when the answer arrives (``at``: when its last byte did), unless the connection drops first."""
+    connection = await Connection.open(port)
+    connection.send("GET", path)
+
+    async def await_answer() -> None:
+        try:
+            status, body = await connection.response()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        answered(status, body, connection.answered_at)
+
+    if answered is not None:
+        asyncio.ensure_future(await_answer())
+    return connection
 
 
 async def at_rate(items: list, rate: float, start: float, send: Any) -> None:

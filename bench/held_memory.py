@@ -24,7 +24,16 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, ChatServer, Connection, print_table, raise_open_file_limit, sample, signed_path  # noqa: E402
+from harness import (  # noqa: E402
+    ROOT,
+    ChatServer,
+    Connection,
+    held_get,
+    print_table,
+    raise_open_file_limit,
+    sample,
+    signed_path,
+)
 
 CUSTOMER_GETMSG = "/zhugeleida/gongzhonghao/chat/getmsg/0"
 #: runs leida_chat.py's main with tracemalloc on, dumping a snapshot to $LEIDA_BENCH_SNAPSHOT.N on SIGUSR1
@@ -46,9 +55,8 @@ async def hold_all(server: ChatServer, count: int) -> list[Connection]:
     (user_id, _), = server.users.items()
     connections = []
     for customer_id, token in list(server.customers.items())[:count]:
-        connection = await Connection.open(server.port)
-        connection.send("GET", signed_path(CUSTOMER_GETMSG, customer_id, token, u_id=user_id, wait=55))
-        connections.append(connection)
+        connections.append(await held_get(
+            server.port, signed_path(CUSTOMER_GETMSG, customer_id, token, u_id=user_id, wait=55)))
     return connections
 
 

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
@@ -42,6 +43,7 @@ from harness import (  # noqa: E402
     add_backend_arguments,
     at_rate,
     cpu_percent,
+    held_get,
     loop_thread_cpu_seconds,
     own_cpu_seconds,
     percentile,
@@ -94,20 +96,12 @@ class SlowReceiver:
 
 async def hold(port: int, customer_id: int, token: str, user_id: int, wait: float,
                received: dict[int, float], early: list[int]) -> Connection:
-    connection = await Connection.open(port)
-    connection.send("GET", signed_path(CUSTOMER_GETMSG, customer_id, token, u_id=user_id, wait=wait))
-
-    async def await_answer() -> None:
-        try:
-            status, body = await connection.response()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
-        received[customer_id] = connection.answered_at
+    def answered(status: int, body: bytes, at: float) -> None:
+        received[customer_id] = at
         if status != 200 or b'"code":200' not in body:
             early.append(customer_id)
 
-    asyncio.ensure_future(await_answer())
-    return connection
+    return await held_get(port, signed_path(CUSTOMER_GETMSG, customer_id, token, u_id=user_id, wait=wait), answered)
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -166,31 +160,33 @@ async def run(args: argparse.Namespace) -> dict:
         targets = [cid for cid, _ in customers[:args.replies]]
         body_template = "customer_id={}&content=%7B%22info_type%22%3A1%2C%22msg%22%3A%22bench%22%7D"
 
-        async def reply(customer_id: int) -> None:
+        async def post(pool: asyncio.Queue[Connection], signed: Any, sent_key: int | None = None) -> None:
+            """POST ``signed()`` (path, body), signed once a connection is free; ``sent_key``: time it."""
             nonlocal send_failures
-            pool = senders[(holder[customer_id] + 1) % len(servers)]
             connection = await pool.get()
-            sent_at[customer_id] = time.perf_counter()
-            user_id, user_token = rep[customer_id]
-            status, body = await connection.request(
-                "POST", signed_path(RADAR_SEND, user_id, user_token), body_template.format(customer_id).encode())
-            if status != 200 or b'"code":200' not in body:
+            if sent_key is not None:
+                sent_at[sent_key] = time.perf_counter()
+            path, body = signed()
+            status, answer = await connection.request("POST", path, body)
+            if status != 200 or b'"code":200' not in answer:
                 send_failures += 1
             pool.put_nowait(connection)
+
+        async def reply(customer_id: int) -> None:
+            user_id, user_token = rep[customer_id]
+            await post(senders[(holder[customer_id] + 1) % len(servers)],
+                       lambda: (signed_path(RADAR_SEND, user_id, user_token),
+                                body_template.format(customer_id).encode()),
+                       sent_key=customer_id)
 
         # messages nobody reads, from the customers that get no reply
         unread_senders = customers[len(customers) - args.unread_sends:] if args.unread_sends else []
 
         async def send_unread(customer_id: int, token: str) -> None:
-            nonlocal send_failures
-            pool = senders[holder[customer_id]]
-            connection = await pool.get()
-            status, body = await connection.request(
-                "POST", signed_path(CUSTOMER_SEND, customer_id, token),
-                f"u_id={rep[customer_id][0]}&content=%7B%22info_type%22%3A1%2C%22msg%22%3A%22unread%22%7D".encode())
-            if status != 200 or b'"code":200' not in body:
-                send_failures += 1
-            pool.put_nowait(connection)
+            await post(senders[holder[customer_id]],
+                       lambda: (signed_path(CUSTOMER_SEND, customer_id, token),
+                                f"u_id={rep[customer_id][0]}&content=%7B%22info_type%22%3A1%2C%22msg%22%3A%22unread%22%7D"
+                                .encode()))
 
         await asyncio.gather(*(send_unread(cid, token) for cid, token in unread_senders))
 
