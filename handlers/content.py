@@ -10,9 +10,10 @@ from urllib.parse import urlsplit
 
 import ujson
 
+from storage.records import CONTACT_REQUEST, IMAGE, PRODUCT, SHOP_LINK, TEXT, VIDEO, info_type_number
+
 from .errors import InvalidParams
 
-TEXT, PRODUCT, CONTACT_REQUEST, IMAGE, VIDEO, SHOP_LINK = 1, 2, 3, 4, 5, 6
 CUSTOMER_INFO_TYPES = (TEXT, PRODUCT, CONTACT_REQUEST, IMAGE, VIDEO)
 RADAR_USER_INFO_TYPES = CUSTOMER_INFO_TYPES + (SHOP_LINK,)
 
@@ -52,7 +53,7 @@ def parse_content(
     except (OverflowError, ValueError):
         raise _invalid("content contains a number JSON cannot carry (NaN, Infinity or too large)") from None
 
-    info_type = _info_type(content.get("info_type"))
+    info_type = info_type_number(content.get("info_type"))
     if info_type not in allowed_info_types:
         allowed = ", ".join(map(str, allowed_info_types))
         raise _invalid(f"content.info_type must be one of {allowed}")
@@ -70,17 +71,6 @@ def parse_content(
     if price is not None and (isinstance(price, bool) or not isinstance(price, (str, int, float))):
         raise _invalid("content.product_price must be a string or a number")
     return content
-
-
-def _info_type(value: Any) -> int | None:
-    """info_type as a number; old clients sometimes send it as a digit string."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 3:
-        return int(value)
-    return None
 
 
 def _check_text(key: str, value: Any, max_chars: int, *, required: bool) -> None:

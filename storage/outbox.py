@@ -30,7 +30,17 @@ from typing import Any, TypeVar
 
 import ujson
 
-from .records import FROM_CUSTOMER, FROM_RADAR_USER
+from .records import (
+    CONTACT_REQUEST,
+    FROM_CUSTOMER,
+    FROM_RADAR_USER,
+    IMAGE,
+    PRODUCT,
+    SHOP_LINK,
+    TEXT,
+    VIDEO,
+    info_type_number,
+)
 
 T = TypeVar("T")
 Query = tuple[str, Sequence[Any]]
@@ -43,7 +53,8 @@ EVENT_TYPES = {FROM_CUSTOMER: "message.unread", FROM_RADAR_USER: "reply.unread"}
 MAX_MESSAGE_IDS = 100
 PREVIEW_CHARS = 200
 #: the preview of a message that is not text, by info_type (the contract's table)
-PREVIEW_LABELS = {2: "[商品]", 3: "[索要联系方式]", 4: "[图片]", 5: "[视频]", 6: "[店铺链接]"}
+PREVIEW_LABELS = {PRODUCT: "[商品]", CONTACT_REQUEST: "[索要联系方式]", IMAGE: "[图片]", VIDEO: "[视频]",
+                  SHOP_LINK: "[店铺链接]"}
 #: how many due watches, or events to send, one transaction takes
 BATCH = 50
 
@@ -105,10 +116,14 @@ def unread_watches(messages: Sequence[tuple], due_at: float) -> list[tuple[int, 
 
 
 #: the watch upsert both backends run with the messages: an earlier due time stands
-WATCH_UNREAD = (
-    "INSERT INTO unread_watch (customer_id, user_id, send_type, due_at) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (customer_id, user_id, send_type) DO UPDATE SET due_at = excluded.due_at"
+#: (PostgreSQL's send statement writes its rows from arrays, with the same conflict rule)
+WATCH_UNREAD_ON_CONFLICT = (
+    "ON CONFLICT (customer_id, user_id, send_type) DO UPDATE SET due_at = excluded.due_at"
     " WHERE unread_watch.due_at IS NULL"
+)
+WATCH_UNREAD = (
+    "INSERT INTO unread_watch (customer_id, user_id, send_type, due_at) VALUES (?, ?, ?, ?) "
+    + WATCH_UNREAD_ON_CONFLICT
 )
 
 
@@ -255,6 +270,8 @@ ANYTHING_DUE = (
     " EXISTS (SELECT 1 FROM webhook_event WHERE status = 'pending' AND next_attempt_at <= ?)"
 )
 COUNT_BY_STATUS = "SELECT status, count(*) FROM webhook_event GROUP BY status"
+#: the gauge's count: the partial index on pending events answers it, however many were delivered
+COUNT_PENDING = "SELECT count(*) FROM webhook_event WHERE status = 'pending'"
 LIST_EVENTS = (
     "SELECT id, type, status, attempts, created_at, next_attempt_at, last_error, user_id, customer_id"
     " FROM webhook_event WHERE status = ? ORDER BY created_at LIMIT ?"
@@ -280,13 +297,11 @@ def iso_utc(unix_time: float) -> str:
 
 def preview(content: dict[str, Any]) -> str:
     """The message's text, or a label for what it is, at most PREVIEW_CHARS characters."""
-    info_type = content.get("info_type")
-    if isinstance(info_type, str) and info_type.isdigit():  # old clients send it as a digit string
-        info_type = int(info_type)
-    text = content.get("msg") if info_type == 1 else None
+    info_type = info_type_number(content.get("info_type"))
+    text = content.get("msg") if info_type == TEXT else None
     if not isinstance(text, str) or not text:
-        label = PREVIEW_LABELS.get(info_type, "[消息]") if isinstance(info_type, int) else "[消息]"
-        detail = content.get("product_name") if info_type == 2 else content.get("msg")
+        label = PREVIEW_LABELS.get(info_type, "[消息]") if info_type is not None else "[消息]"
+        detail = content.get("product_name") if info_type == PRODUCT else content.get("msg")
         text = f"{label} {detail}" if isinstance(detail, str) and detail else label
     return text[:PREVIEW_CHARS]
 
@@ -329,6 +344,11 @@ class Outbox:
         counted = {status: 0 for status in STATUSES}
         counted.update({status: count for status, count in await self._fetch(COUNT_BY_STATUS, ())})
         return counted
+
+    async def pending(self) -> int:
+        """Events waiting for delivery or a retry."""
+        ((count,),) = await self._fetch(COUNT_PENDING, ())
+        return int(count)
 
     async def events(self, status: str, limit: int = 1000) -> list[EventSummary]:
         return [EventSummary(*row) for row in await self._fetch(LIST_EVENTS, (status, limit))]

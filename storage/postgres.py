@@ -57,7 +57,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from .metrics import count_error
-from .outbox import Script, run_script_async, unread_watches
+from .outbox import WATCH_UNREAD_ON_CONFLICT, Script, run_script_async, unread_watches
 from .outgoing import Outgoing, Pair, SenderKey, pairs_and_keys, plan_sends
 from .records import AccountNeedsName, Message, SendReceipt, Side
 from .schema import migrate_postgres
@@ -341,7 +341,7 @@ def _read_columns(reads: dict[Pair, list[int]]) -> list[list[int]]:
 
 async def _insert_messages(
     conn: Conn, batch: list[Outgoing], users: list[int], reads: dict[Pair, list[int]], ringer: str,
-    unread_after: float | None = None,
+    unread_after: float | None,
 ) -> list[tuple[SendReceipt, bool]]:
     """Two statements, whatever the batch's size: under load each round trip waits for
     the GIL, and costs more than the SQL (bench/README.md, "Backends"). The first
@@ -398,8 +398,7 @@ async def _insert_messages(
         f" moved AS ({_move_read_positions(20)}),"
         " watched AS (INSERT INTO unread_watch (customer_id, user_id, send_type, due_at)"
         "  SELECT * FROM unnest($24::bigint[], $25::bigint[], $26::integer[], $27::float8[])"
-        "  ON CONFLICT (customer_id, user_id, send_type) DO UPDATE SET due_at = EXCLUDED.due_at"
-        "  WHERE unread_watch.due_at IS NULL)"
+        f"  {WATCH_UNREAD_ON_CONFLICT})"
         " SELECT count(pg_notify($18, payload)) FROM unnest($19::text[]) AS payload",
         *messages, *keys_written,
         [pair[0] for pair in spans], [pair[1] for pair in spans],

@@ -9,6 +9,20 @@ from typing import Any
 FROM_RADAR_USER = 1
 FROM_CUSTOMER = 2
 
+#: content.info_type values, as the original API numbers them.
+TEXT, PRODUCT, CONTACT_REQUEST, IMAGE, VIDEO, SHOP_LINK = 1, 2, 3, 4, 5, 6
+
+
+def info_type_number(value: Any) -> int | None:
+    """``content.info_type`` as a number; old clients sometimes send it as a digit string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 3:
+        return int(value)
+    return None
+
 
 class AccountNeedsName(ValueError):
     """A new account was asked for without a name."""

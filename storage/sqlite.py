@@ -207,7 +207,7 @@ class SQLiteDatabase:
 
 
 def _insert_messages(
-    conn: sqlite3.Connection, batch: list[Outgoing], unread_after: float | None = None
+    conn: sqlite3.Connection, batch: list[Outgoing], unread_after: float | None
 ) -> list[tuple[SendReceipt, bool]]:
     """One query learns the next message id, which conversations exist and which
     client keys were used before; then one executemany each inserts the messages,

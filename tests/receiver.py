@@ -83,9 +83,3 @@ class Receiver:
             time.sleep(0.02)
         raise AssertionError(f"{len(self.received)} webhook requests within {timeout} s, expected {count}: "
                              f"{[r.body for r in self.received]}")
-
-    def log_lines(self) -> list[str]:
-        """What the receiver saw, one line per request (for the closing note of a run)."""
-        return [f"{time.strftime('%H:%M:%S', time.localtime(r.at))}.{int(r.at * 1000) % 1000:03d} "
-                f"{r.answered} webhook-id={r.id} type={r.event['type']} "
-                f"message_ids={r.event['data']['message_ids']}" for r in self.received]

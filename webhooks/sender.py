@@ -147,7 +147,7 @@ class WebhookSender:
                 attempt.add_done_callback(self._attempt_ended)
         if time.monotonic() - self._counted_at >= COUNT_EVERY_SECONDS:
             self._counted_at = time.monotonic()
-            EVENTS_PENDING.set((await self.outbox.counts())["pending"])
+            EVENTS_PENDING.set(await self.outbox.pending())
 
     def _attempt_ended(self, attempt: asyncio.Task) -> None:
         self._in_flight.discard(attempt)
