@@ -149,6 +149,15 @@ def postgres_cluster():
 
 
 @pytest.fixture
+def pg_database(request) -> str:
+    """A fresh database in the session's PostgreSQL cluster (skipped, or failed under CI, without PostgreSQL)."""
+    from postgres import require_postgres
+
+    require_postgres()
+    return request.getfixturevalue("postgres_cluster").new_database()
+
+
+@pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "chat.db"
 

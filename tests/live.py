@@ -77,6 +77,14 @@ def cli_account(cwd: Path, command: str, *args: str, env: dict[str, str] | None 
     return Account(printed["id"], printed["token"])
 
 
+def accounts(cwd: Path, database: str, customers: int = 1,
+             names: list[str] | None = None) -> tuple[Account, list[Account]]:
+    """A radar user (王经理) and ``customers`` customers (客户0, 客户1, … unless ``names``), made by the CLI."""
+    user = cli_account(cwd, "add-user", "--db", database, "--name", "王经理")
+    names = names or [f"客户{n}" for n in range(customers)]
+    return user, [cli_account(cwd, "add-customer", "--db", database, "--name", name) for name in names]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,17 +17,12 @@ import urllib.request
 import pytest
 
 from conftest import Account, text
-from live import CUSTOMER, RADAR, Background, clean_env, cli_account, query, run_cli, serve_args
+from live import CUSTOMER, RADAR, Background, accounts, clean_env, query, run_cli, serve_args
 from nginx import start_nginx  # noqa: F401  (fixture)
 from postgres import Cluster, require_postgres
 from storage.postgres import HAND_OFF_MAX_SECONDS, MAX_PAYLOAD_BYTES, doorbells, rung
 
 WAKE_BOUND = 2.0  # seconds a wake-up may take here; the figures are in bench/README.md
-
-
-@pytest.fixture
-def pg_database(postgres_cluster) -> str:
-    return postgres_cluster.new_database()
 
 
 @pytest.fixture
@@ -37,12 +32,6 @@ def own_cluster():
     cluster = Cluster()
     yield cluster
     cluster.destroy()
-
-
-def accounts(tmp_path, database: str, customers: int = 1) -> tuple[Account, list[Account]]:
-    user = cli_account(tmp_path, "add-user", "--db", database, "--name", "王经理")
-    return user, [cli_account(tmp_path, "add-customer", "--db", database, "--name", f"客户{n}")
-                  for n in range(customers)]
 
 
 def send(server, sender: Account, to: int, msg: str, client_msg_id: str | None = None,

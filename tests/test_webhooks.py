@@ -20,8 +20,10 @@ import jsonschema_rs
 import pytest
 from receiver import Answer, Receiver
 
+import live
 from conftest import ROOT, text
-from live import Background, clean_env, cli_account, query, run_cli, serve_args
+from live import Background, clean_env, query, run_cli, serve_args
+from postgres import wait_until
 
 UNREAD_AFTER = 0.5
 #: how long an event may take to arrive once due: generous, as every bound in the tests
@@ -71,8 +73,8 @@ def webhook_env(receiver: Receiver, secret: str, retry: str = "0,0.3,0.3", timeo
 
 
 def accounts(tmp_path, database: str):
-    user = cli_account(tmp_path, "add-user", "--db", database, "--name", "王经理")
-    customer = cli_account(tmp_path, "add-customer", "--db", database, "--name", "张三")
+    """The radar user and one customer, 张三, whose name the events carry."""
+    user, (customer,) = live.accounts(tmp_path, database, names=["张三"])
     return user, customer
 
 
@@ -216,10 +218,7 @@ def test_an_answer_slower_than_the_timeout_is_a_failed_attempt(tmp_path, start_s
     server.customer_send(customer, user.id, text("在吗"))
     slow, again = receiver.wait_for(2, ARRIVAL + 2)
     assert slow.id == again.id and again.at - slow.at >= 0.45
-    deadline = time.monotonic() + ARRIVAL
-    while query(database, "SELECT status FROM webhook_event") != [("delivered",)]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    assert wait_until(lambda: query(database, "SELECT status FROM webhook_event") == [("delivered",)], ARRIVAL, 0.1)
     assert f"webhook {slow.id} attempt 1" in server.log() and "no answer" in server.log()
 
 
@@ -322,16 +321,12 @@ def test_delivery_never_holds_up_sends_or_long_polls(tmp_path, start_server, dat
     assert len(receiver.received) == 1  # the slow attempt is still the only one
 
 
-def test_with_several_processes_each_event_is_sent_by_one_of_them(tmp_path, start_server, postgres_cluster,
+def test_with_several_processes_each_event_is_sent_by_one_of_them(tmp_path, start_server, pg_database,
                                                                    receiver, secret):
     """Two servers on one PostgreSQL database, 12 conversations gone unread at once: each
     stretch is announced once and each event sent once (SKIP LOCKED), though both look."""
-    from postgres import require_postgres
-
-    require_postgres()
-    database = postgres_cluster.new_database()
-    user = cli_account(tmp_path, "add-user", "--db", database, "--name", "王经理")
-    customers = [cli_account(tmp_path, "add-customer", "--db", database, "--name", f"客户{n}") for n in range(12)]
+    database = pg_database
+    user, customers = live.accounts(tmp_path, database, customers=12)
     env = webhook_env(receiver, secret)
     servers = [start_server(*serve_args(tmp_path, database), env=env) for _ in range(2)]
     sent = {sent_id(servers[n % 2].customer_send(customer, user.id, text("在吗"))): customer.id
