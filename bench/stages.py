@@ -55,7 +55,8 @@ def classify(path: str) -> tuple[collections.Counter, int]:
     return counts, total
 
 
-def report(path: str, loop_ms_per_message: float | None, thread_ms_per_message: float | None = None) -> list[str]:
+def report(path: str, loop_ms_per_message: float | None = None,
+           thread_ms_per_message: float | None = None) -> list[str]:
     counts, total = classify(path)
     lines = []
     for stage, n in counts.most_common():
@@ -70,5 +71,10 @@ def report(path: str, loop_ms_per_message: float | None, thread_ms_per_message: 
 
 
 if __name__ == "__main__":
-    arguments = [float(value) for value in sys.argv[2:4]]
-    print("\n".join(report(sys.argv[1], *arguments)))
+    if not 2 <= len(sys.argv) <= 4:
+        sys.exit(__doc__)
+    try:
+        arguments = [float(value) for value in sys.argv[2:4]]
+        print("\n".join(report(sys.argv[1], *arguments)))
+    except (OSError, ValueError) as error:
+        sys.exit(f"stages.py: {error}")
