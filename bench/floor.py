@@ -31,6 +31,7 @@ from harness import (  # noqa: E402
     print_table,
     raise_open_file_limit,
     sample_all,
+    start_profiler,
     until,
     wait_for_port,
 )
@@ -60,12 +61,15 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> dict:
         await connection.request("POST", "/bare/send", f"key={key}".encode())
         senders.put_nowait(connection)
 
+    profiler = await start_profiler(pid, args.replies / args.rate + 1, args.profile) if args.profile else None
     before, loop_before = sample_all([pid]), loop_thread_cpu_seconds([pid])
     start = time.perf_counter()
     await at_rate(list(range(args.replies)), args.rate, start, send)
     seconds = time.perf_counter() - start
     await until(lambda: len(received) == args.replies, 10)
     after, loop_after = sample_all([pid]), loop_thread_cpu_seconds([pid])
+    if profiler is not None:
+        profiler.wait(timeout=60)
     for connection in connections:
         connection.close()
     latencies = sorted((received[key] - sent_at[key]) * 1000 for key in received)
@@ -89,6 +93,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1_000)
     parser.add_argument("--settle-seconds", type=float, default=3)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the bare server with py-spy during the replies, as longpoll.py --profile does")
     parser.add_argument("--skip-leida", action="store_true", help="the bare floor only")
     args = parser.parse_args()
     port = free_port()
@@ -110,6 +116,10 @@ def main() -> None:
         rows += [(f"leida-chat {name}", value) for name, value in result["leida"].items()]
         rows.append(("leida-chat CPU / bare CPU per message",
                      round(leida["server_cpu_ms_per_message"] / floor["server_cpu_ms_per_message"], 2)))
+    if args.profile:
+        from stages import report
+
+        print("\n".join(report(args.profile, floor["loop_thread_cpu_ms_per_message"])))
     print_table("Tornado's floor per delivered message (bare long-poll) beside leida-chat", rows)
     print(json.dumps({"bench": "floor", **result}))
 

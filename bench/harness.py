@@ -17,8 +17,10 @@ import asyncio
 import atexit
 import hashlib
 import json
+import math
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -322,6 +324,17 @@ async def held_get(port: int, path: str, answered: Any = None) -> Connection:
     if answered is not None:
         asyncio.ensure_future(await_answer())
     return connection
+
+
+async def start_profiler(pid: int, seconds: float, output: str) -> subprocess.Popen:
+    """py-spy on ``pid`` for ``seconds``, raw stacks to ``output`` (bench/stages.py reads them)."""
+    profiler = subprocess.Popen(
+        [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record",
+         "--pid", str(pid), "--duration", str(math.ceil(seconds)), "--rate", "500", "--format", "raw",
+         "--nonblocking", "--output", output],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await asyncio.sleep(0.3)  # py-spy attached
+    return profiler
 
 
 async def at_rate(items: list, rate: float, start: float, send: Any) -> None:

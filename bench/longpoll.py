@@ -28,9 +28,6 @@ import argparse
 import asyncio
 import base64
 import json
-import math
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,6 +49,7 @@ from harness import (  # noqa: E402
     raise_open_file_limit,
     sample_all,
     signed_path,
+    start_profiler,
     until,
 )
 
@@ -192,12 +190,7 @@ async def run(args: argparse.Namespace) -> dict:
 
         profiler = None
         if args.profile:  # py-spy over exactly the replies (and the wait for their deliveries)
-            profiler = subprocess.Popen(
-                [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record",
-                 "--pid", str(pids[0]), "--duration", str(math.ceil(len(targets) / args.rate) + 1),
-                 "--rate", "500", "--format", "raw", "--nonblocking", "--output", args.profile],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            await asyncio.sleep(0.3)  # py-spy attached
+            profiler = await start_profiler(pids[0], len(targets) / args.rate + 1, args.profile)
         send_start = time.perf_counter()
         hooks_before = receiver.received if receiver is not None else 0
         busy_start = sample_all(pids)
