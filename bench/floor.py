@@ -9,6 +9,7 @@ what leida-chat does per message (one send request and its answer, one held
 answer), on the same loop. Then longpoll.py's own run, for the comparison.
 
     python bench/floor.py                  # 10,000 held, 5,000 at 1,000/s
+    python bench/floor.py --skip-leida --profile FILE   # the bare server under py-spy, in stages
 """
 from __future__ import annotations
 
