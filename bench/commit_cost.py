@@ -82,7 +82,9 @@ async def measure(source: Path, mode: str, synchronous: str, work: list[Changes]
         _commit(conn)
 
     def through_the_writer(changes: Changes) -> Awaitable[object]:
-        return asyncio.gather(*(writer.enqueue(kind, item, urgent=kind is Change.SEND) for kind, item in changes))
+        """As the server: the sends are awaited; the read positions ride along, awaited by nobody."""
+        futures = [writer.enqueue(kind, item, urgent=kind is Change.SEND) for kind, item in changes]
+        return futures[-1] if changes[-1][0] is Change.SEND else futures[-2]
 
     run = {"statements": statements_only, "all on the loop": on_the_loop,
            "COMMIT on aiosqlite's thread": database.transact, "through the writer": through_the_writer}[mode]

@@ -10,14 +10,17 @@ answer), on the same loop. Then longpoll.py's own run, for the comparison.
 
     python bench/floor.py                  # 10,000 held, 5,000 at 1,000/s
     python bench/floor.py --skip-leida --profile FILE   # the bare server under py-spy, in stages
+    python bench/floor.py --durable        # the bare server stores each send durably first
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,18 +99,24 @@ def main() -> None:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the bare server with py-spy during the replies, as longpoll.py --profile does")
+    parser.add_argument("--durable", action="store_true",
+                        help="the bare server stores each send first (aiosqlite, WAL, synchronous = FULL)")
     parser.add_argument("--skip-leida", action="store_true", help="the bare floor only")
     args = parser.parse_args()
     port = free_port()
-    bare = subprocess.Popen([sys.executable, str(HERE / "bare_tornado.py"), str(port), args.loop])
+    database = tempfile.mkdtemp(prefix="leida-floor-")
+    durable = [str(Path(database) / "bare.db")] if args.durable else []
+    bare = subprocess.Popen([sys.executable, str(HERE / "bare_tornado.py"), str(port), args.loop, *durable])
     try:
         wait_for_port(port, bare)
         floor = asyncio.run(run(args, port, bare.pid))
     finally:
         bare.terminate()
         bare.wait()
-    rows = [(f"bare {name}", value) for name, value in floor.items()]
-    result = {"bare": floor}
+        shutil.rmtree(database)
+    bare_name = "bare durable" if args.durable else "bare"
+    rows = [(f"{bare_name} {name}", value) for name, value in floor.items()]
+    result = {"bare": floor, "durable": args.durable}
     if not args.skip_leida:
         output = subprocess.run(
             [sys.executable, str(HERE / "longpoll.py"), "--waiters", str(args.waiters), "--replies", str(args.replies),
@@ -115,7 +124,7 @@ def main() -> None:
         leida = json.loads(output.strip().splitlines()[-1])
         result["leida"] = {name: leida[name] for name in floor if name in leida}
         rows += [(f"leida-chat {name}", value) for name, value in result["leida"].items()]
-        rows.append(("leida-chat CPU / bare CPU per message",
+        rows.append((f"leida-chat CPU / {bare_name} CPU per message",
                      round(leida["server_cpu_ms_per_message"] / floor["server_cpu_ms_per_message"], 2)))
     if args.profile:
         from stages import report
