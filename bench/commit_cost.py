@@ -13,6 +13,10 @@ a database with the bench's accounts:
 - ``COMMIT on aiosqlite's thread``: what ``SQLiteDatabase.transact`` does;
 - ``through the writer``: ``storage.writer.Writer`` over ``transact``, as the server runs it.
 
+The first two call storage/sqlite.py's own steps (its private BEGIN, apply
+and COMMIT functions), so that they time exactly what ``transact`` runs, in
+pieces.
+
 For each: CPU µs per message on the loop's thread and in all threads, and
 wall time, under ``synchronous = FULL`` and ``OFF``. ``--batch N`` puts N sends
 in each transaction, as a busier server's writer does.
