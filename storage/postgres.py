@@ -27,7 +27,12 @@ differ from SQLite, and they are why this module exists:
   returns: handing 102 at once would send a client past 101 for good. So the
   hand-off waits until this commit's own doorbell comes back to the listener.
   PostgreSQL delivers notifications in commit order, so by then every earlier
-  doorbell has woken its waiters, and they read for themselves.
+  doorbell has woken its waiters, and they read for themselves. The other way
+  round matters as much: the doorbell can come back before the writer's result
+  has crossed back to this loop, and another process's later commit (103) must
+  not be handed before this one's. So a doorbell's turn also waits for its
+  commit's hand-off, which every commit that stored messages makes, even with
+  nobody waiting here.
 - **Outages.** A database out of reach is a ``StorageFailing`` (503 with
   Retry-After), for reads as for writes; the pool reconnects by itself.
 
@@ -175,9 +180,9 @@ class PostgresDatabase:
         await self.listener.start()
 
     def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
-        """Once this commit's own doorbell is back (see the module docstring). Without a
-        listener to bring it back, the waiters read for themselves at once."""
-        if self.listener is None or not self.listener.connected:
+        """In this commit's doorbell's turn (see the module docstring). Without a listener
+        to bring the doorbell back, the waiters read for themselves at once."""
+        if self.listener is None:
             waiters.notify(to_read_back(committed))
         else:
             self.listener.hand_off(self._rang, committed)
@@ -445,6 +450,10 @@ def rung(payload: str) -> tuple[str, list[Span]]:
     return ringer, spans
 
 
+#: what a doorbell's turn gets when its hand-off did not come: every held request reads for itself
+READ_AGAIN = "read again"
+
+
 def to_read_back(committed: list[Committed]) -> list[Committed]:
     """The same wake-ups without the messages: each waiter reads what is new for itself."""
     return [(customer_id, user_id, None) for customer_id, user_id, _ in committed]
@@ -535,13 +544,18 @@ class Listener:
         self._closing = False
         self._task: asyncio.Task | None = None
         self._lost = asyncio.Event()
-        #: the number of this process's last transaction whose doorbell came back
+        #: the number of this process's last transaction whose doorbell's turn is over
         self._back = 0
+        #: the number of this process's last transaction whose hand-off the writer made
+        self._last_handed = 0
         #: hand-offs waiting for their doorbell, oldest first: (transaction number, held since, committed)
         self._held: collections.deque[tuple[int, float, list[Committed]]] = collections.deque()
+        #: doorbells of this process's that came back before their hand-off: number -> their turn's wait
+        self._awaiting: dict[int, asyncio.Future] = {}
         self._overdue_timer: asyncio.TimerHandle | None = None
-        #: doorbells in the order they rang, each with its read (None: nothing to read) and what to do then
-        self._turns: collections.deque[tuple[asyncio.Task | None, Callable[[Any], None]]] = collections.deque()
+        #: doorbells in the order they rang, each with what its turn waits for (a read, or its own hand-off;
+        #: None: nothing) and what to do then
+        self._turns: collections.deque[tuple[asyncio.Future | None, Callable[[Any], None]]] = collections.deque()
 
     @property
     def connected(self) -> bool:
@@ -577,9 +591,19 @@ class Listener:
         self._conn = conn
 
     def hand_off(self, number: int, committed: list[Committed]) -> None:
-        """Hand ``committed``, of this process's transaction ``number``, once its doorbell is back."""
-        if number <= self._back:
-            self.waiters.notify(committed)
+        """Hand ``committed``, of this process's transaction ``number``, in its doorbell's turn.
+
+        The writer calls this for every commit that stored messages, even with
+        nobody waiting (``committed`` empty): the doorbell's turn waits for it."""
+        self._last_handed = max(self._last_handed, number)
+        waiting = self._awaiting.pop(number, None)
+        if waiting is not None:  # its doorbell is back, and its turn waits for this
+            if not waiting.done():
+                waiting.set_result(committed)
+            return
+        if number <= self._back or not self.connected:
+            # its turn gave up waiting (HAND_OFF_MAX_SECONDS), or no doorbell will come: read back
+            self.waiters.notify(to_read_back(committed))
             return
         loop = asyncio.get_running_loop()
         self._held.append((number, loop.time(), committed))
@@ -590,7 +614,8 @@ class Listener:
         ringer, spans = rung(str(payload))
         origin, _, number = ringer.partition("/")
         if origin == self.origin:  # this process's own commit: its waiters get the messages in hand
-            self._in_turn(None, lambda _: self._came_back(int(number) if number.isdigit() else 0))
+            own = int(number) if number.isdigit() else 0
+            self._in_turn(self._own_hand_off(own), lambda committed: self._came_back(own, committed))
             return
         awaited = [span for span in spans if self.waiters.awaited(*span[0])]
         if awaited:
@@ -598,7 +623,7 @@ class Listener:
             read = asyncio.get_running_loop().create_task(self._read(awaited))
             self._in_turn(read, lambda committed: self.waiters.hand(claimed, committed))
 
-    def _in_turn(self, read: asyncio.Task | None, then: Callable[[Any], None]) -> None:
+    def _in_turn(self, read: asyncio.Future | None, then: Callable[[Any], None]) -> None:
         self._turns.append((read, then))
         if read is not None:
             read.add_done_callback(lambda _: self._take_turns())
@@ -629,11 +654,37 @@ class Listener:
                 committed.append((message.customer_id, message.user_id, message))
         return committed
 
-    def _came_back(self, number: int) -> None:
-        """This process's commit ``number`` rang: hand over it and every commit before it."""
+    def _own_hand_off(self, number: int) -> asyncio.Future | None:
+        """What the turn of this process's doorbell ``number`` waits for: None if the writer's
+        hand-off is in already (held until now), else a future that it resolves.
+
+        The doorbell can come back before the writer's result crosses back to this
+        loop. Another process's later commit, handed in between, would send a
+        client past this one's messages for good (tests/test_scale_out.py, eight
+        senders: 6 runs in 18 missed a message so). If no hand-off comes within
+        HAND_OFF_MAX_SECONDS (the writer lost the connection at COMMIT), every
+        held request reads for itself."""
+        if number <= self._last_handed or number <= self._back or number in self._awaiting:
+            return None  # held already, or another payload of a doorbell whose turn waits
+        loop = asyncio.get_running_loop()
+        waiting = self._awaiting[number] = loop.create_future()
+        loop.call_later(HAND_OFF_MAX_SECONDS, self._give_up_waiting, number)
+        return waiting
+
+    def _give_up_waiting(self, number: int) -> None:
+        waiting = self._awaiting.pop(number, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(READ_AGAIN)
+
+    def _came_back(self, number: int, committed: list[Committed] | str | None = None) -> None:
+        """This process's commit ``number`` rang: hand over every commit before it, then it."""
         self._back = max(self._back, number)
         while self._held and self._held[0][0] <= self._back:
             self.waiters.notify(self._held.popleft()[2])
+        if committed is READ_AGAIN:
+            self.waiters.wake_all()
+        elif isinstance(committed, list):
+            self.waiters.notify(committed)
 
     def _hand_over_overdue(self) -> None:
         """A doorbell that did not come back in HAND_OFF_MAX_SECONDS (a connection lost without
@@ -671,6 +722,10 @@ class Listener:
                     delay = min(delay * 2, RECONNECT_MAX_SECONDS)
             log.warning("database listener reconnected: every held request reads again")
             self._held.clear()  # their doorbells are gone with the old connection; everyone reads
+            for waiting in self._awaiting.values():
+                if not waiting.done():
+                    waiting.set_result(READ_AGAIN)
+            self._awaiting.clear()
             self.waiters.wake_all()
 
     async def _answers(self) -> bool:

@@ -112,7 +112,8 @@ class SQLiteDatabase:
 
     def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
         """At once: this process's writer is the file's only one, so nothing earlier is still on its way."""
-        waiters.notify(committed)
+        if committed:
+            waiters.notify(committed)
 
     async def close(self) -> None:
         self._read_conn.close()

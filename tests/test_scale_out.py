@@ -6,6 +6,7 @@ PostgreSQL gets a cluster of its own.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -20,7 +21,9 @@ from conftest import Account, text
 from live import CUSTOMER, RADAR, Background, accounts, clean_env, query, run_cli, serve_args
 from nginx import start_nginx  # noqa: F401  (fixture)
 from postgres import Cluster, require_postgres
-from storage.postgres import HAND_OFF_MAX_SECONDS, MAX_PAYLOAD_BYTES, doorbells, rung
+from storage.postgres import CHANNEL, HAND_OFF_MAX_SECONDS, MAX_PAYLOAD_BYTES, Listener, doorbells, rung
+from storage.records import FROM_CUSTOMER, Message
+from storage.waiters import Waiters, inbox_key
 
 WAKE_BOUND = 2.0  # seconds a wake-up may take here; the figures are in bench/README.md
 
@@ -77,6 +80,73 @@ def test_doorbells_name_every_conversation_and_its_ids_in_payloads_under_8000_by
     assert len(payloads) > 1 and all(len(payload.encode()) <= MAX_PAYLOAD_BYTES for payload in payloads)
     rung_spans = {pair: (first_id, last_id) for payload in payloads for pair, first_id, last_id in rung(payload)[1]}
     assert rung_spans == spans and {rung(p)[0] for p in payloads} == {"1234-abcd/17"}
+
+
+def doorbell_message(message_id: int, customer_id: int) -> Message:
+    """A radar user 1's message as the database would return it."""
+    return Message(message_id, customer_id, 1, FROM_CUSTOMER, {"info_type": 1, "msg": str(message_id)},
+                   "2026-12-03T18:00:00.000", False, False, False, "客户", "", "")
+
+
+async def listening(pg_database: str, scenario) -> object:
+    """``scenario(listener, waiters, ring, read)`` on a real LISTEN connection with real waiters;
+    ``ring(ringer, spans)`` sends the doorbells from another connection, and another
+    process's messages are read as ``doorbell_message`` (``read`` is set once one is)."""
+    import asyncpg
+
+    waiters = Waiters()
+    read = asyncio.Event()
+
+    async def messages_between(first_id: int, last_id: int) -> list[Message]:
+        read.set()
+        return [doorbell_message(message_id, 8) for message_id in range(first_id, last_id + 1)]
+
+    listener = Listener(pg_database, "this-process", waiters, messages_between)
+    await listener.start()
+    connection = await asyncpg.connect(pg_database)
+
+    async def ring(ringer: str, spans: dict) -> None:
+        for payload in doorbells(ringer, spans):
+            await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+
+    try:
+        return await scenario(listener, waiters, ring, read)
+    finally:
+        await connection.close()
+        await listener.close()
+
+
+def test_a_doorbell_back_before_its_hand_off_keeps_a_later_commit_waiting_its_turn(pg_database):
+    """This process's commit 1 (message 101) rings, and the writer's result has not crossed
+    back to the loop yet; another process's later commit (102) rings right after. The
+    waiter must get 101 first: handed 102 alone, its client would resume past 101 for good."""
+
+    async def scenario(listener, waiters, ring, read) -> list[int]:
+        held = waiters.register([inbox_key(1)])
+        await ring("this-process/1", {(7, 1): (101, 101)})
+        await ring("other/5", {(8, 1): (102, 102)})
+        await asyncio.wait_for(read.wait(), WAKE_BOUND)
+        await asyncio.sleep(0.2)  # the other commit's read is done, and would be handed now
+        assert not held.done(), "a later commit was handed before this process's earlier one"
+        listener.hand_off(1, [(7, 1, doorbell_message(101, 7))])
+        return [message.id for message in (await asyncio.wait_for(held, WAKE_BOUND)).messages]
+
+    assert asyncio.run(listening(pg_database, scenario)) == [101]
+
+
+def test_a_doorbell_whose_hand_off_never_comes_lets_every_held_request_read_for_itself(pg_database):
+    """The writer lost its connection at COMMIT: the doorbell rang, the result never came."""
+
+    async def scenario(listener, waiters, ring, read) -> tuple[object, float]:
+        held = waiters.register([inbox_key(1)])
+        await ring("this-process/1", {(7, 1): (101, 101)})
+        started = time.monotonic()
+        woken = await asyncio.wait_for(held, HAND_OFF_MAX_SECONDS + WAKE_BOUND)
+        return woken, time.monotonic() - started
+
+    woken, after = asyncio.run(listening(pg_database, scenario))
+    assert woken is None  # "look for yourself"
+    assert HAND_OFF_MAX_SECONDS * 0.8 < after < HAND_OFF_MAX_SECONDS + WAKE_BOUND
 
 
 # -- wake-ups across processes ----------------------------------------------------------
