@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--batch", type=int, default=1, help="sends per transaction")
     args = parser.parse_args()
+    if min(args.sends, args.batch, args.customers) < 1:
+        parser.error("--sends, --batch and --customers must each be at least 1")
     accounts = ChatServer(users=1, customers=args.customers)  # the database only: never started
     (user_id,) = accounts.users
     work = transactions(user_id, sorted(accounts.customers), args.sends, args.batch)

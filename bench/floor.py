@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     Connection,
     at_rate,
+    check_profile_output,
     free_port,
     held_get,
     loop_thread_cpu_seconds,
@@ -103,6 +104,7 @@ def main() -> None:
                         help="the bare server stores each send first (aiosqlite, WAL, synchronous = FULL)")
     parser.add_argument("--skip-leida", action="store_true", help="the bare floor only")
     args = parser.parse_args()
+    check_profile_output(parser, args.profile)
     port = free_port()
     database = tempfile.mkdtemp(prefix="leida-floor-")
     durable = [str(Path(database) / "bare.db")] if args.durable else []

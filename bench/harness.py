@@ -326,10 +326,24 @@ async def held_get(port: int, path: str, answered: Any = None) -> Connection:
     return connection
 
 
+def py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+
+
+def check_profile_output(parser: argparse.ArgumentParser, output: str | None) -> None:
+    """``--profile FILE`` refused before the run, not after it: py-spy must be there and FILE writable."""
+    if output is None:
+        return
+    if not os.access(py_spy(), os.X_OK):
+        parser.error("--profile needs py-spy (pip install py-spy)")
+    if not os.access(Path(output).resolve().parent, os.W_OK):
+        parser.error(f"--profile: cannot write {output}")
+
+
 async def start_profiler(pid: int, seconds: float, output: str) -> subprocess.Popen:
     """py-spy on ``pid`` for ``seconds``, raw stacks to ``output`` (bench/stages.py reads them)."""
     profiler = subprocess.Popen(
-        [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record",
+        [py_spy(), "record",
          "--pid", str(pid), "--duration", str(math.ceil(seconds)), "--rate", "500", "--format", "raw",
          "--nonblocking", "--output", output],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

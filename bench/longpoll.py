@@ -39,6 +39,7 @@ from harness import (  # noqa: E402
     Connection,
     add_backend_arguments,
     at_rate,
+    check_profile_output,
     cpu_percent,
     held_get,
     loop_thread_cpu_seconds,
@@ -280,6 +281,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.servers > 1 and args.backend != "postgresql":
         parser.error("--servers needs --backend postgresql")
+    check_profile_output(parser, args.profile)
     if args.replies > args.waiters:
         parser.error("--replies must not exceed --waiters")
     if args.unread_sends > args.waiters - args.replies:

@@ -450,10 +450,6 @@ def rung(payload: str) -> tuple[str, list[Span]]:
     return ringer, spans
 
 
-#: what a doorbell's turn gets when its hand-off did not come: every held request reads for itself
-READ_AGAIN = "read again"
-
-
 def to_read_back(committed: list[Committed]) -> list[Committed]:
     """The same wake-ups without the messages: each waiter reads what is new for itself."""
     return [(customer_id, user_id, None) for customer_id, user_id, _ in committed]
@@ -550,8 +546,9 @@ class Listener:
         self._last_handed = 0
         #: hand-offs waiting for their doorbell, oldest first: (transaction number, held since, committed)
         self._held: collections.deque[tuple[int, float, list[Committed]]] = collections.deque()
-        #: doorbells of this process's that came back before their hand-off: number -> their turn's wait
-        self._awaiting: dict[int, asyncio.Future] = {}
+        #: doorbells of this process's that came back before their hand-off: number -> their turn's
+        #: wait, and the timer that gives up on it
+        self._awaiting: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
         self._overdue_timer: asyncio.TimerHandle | None = None
         #: doorbells in the order they rang, each with what its turn waits for (a read, or its own hand-off;
         #: None: nothing) and what to do then
@@ -570,6 +567,9 @@ class Listener:
         self._closing = True
         if self._overdue_timer is not None:
             self._overdue_timer.cancel()
+        for _, give_up in self._awaiting.values():
+            give_up.cancel()
+        self._awaiting.clear()
         for read, _ in self._turns:
             if read is not None:
                 read.cancel()
@@ -596,8 +596,10 @@ class Listener:
         The writer calls this for every commit that stored messages, even with
         nobody waiting (``committed`` empty): the doorbell's turn waits for it."""
         self._last_handed = max(self._last_handed, number)
-        waiting = self._awaiting.pop(number, None)
-        if waiting is not None:  # its doorbell is back, and its turn waits for this
+        awaiting = self._awaiting.pop(number, None)
+        if awaiting is not None:  # its doorbell is back, and its turn waits for this
+            waiting, give_up = awaiting
+            give_up.cancel()
             if not waiting.done():
                 waiting.set_result(committed)
             return
@@ -667,23 +669,26 @@ class Listener:
         if number <= self._last_handed or number <= self._back or number in self._awaiting:
             return None  # held already, or another payload of a doorbell whose turn waits
         loop = asyncio.get_running_loop()
-        waiting = self._awaiting[number] = loop.create_future()
-        loop.call_later(HAND_OFF_MAX_SECONDS, self._give_up_waiting, number)
+        waiting = loop.create_future()
+        self._awaiting[number] = (waiting, loop.call_later(HAND_OFF_MAX_SECONDS, self._stop_waiting, number))
         return waiting
 
-    def _give_up_waiting(self, number: int) -> None:
-        waiting = self._awaiting.pop(number, None)
-        if waiting is not None and not waiting.done():
-            waiting.set_result(READ_AGAIN)
+    def _stop_waiting(self, number: int | None = None) -> None:
+        """No hand-off will come for ``number`` (None: for any doorbell back so far): its turn
+        hands nothing, and every held request reads for itself, which is always right."""
+        for waited in [number] if number is not None else list(self._awaiting):
+            waiting, give_up = self._awaiting.pop(waited)
+            give_up.cancel()
+            if not waiting.done():
+                waiting.set_result([])
+        self.waiters.wake_all()
 
-    def _came_back(self, number: int, committed: list[Committed] | str | None = None) -> None:
+    def _came_back(self, number: int, committed: list[Committed] | None = None) -> None:
         """This process's commit ``number`` rang: hand over every commit before it, then it."""
         self._back = max(self._back, number)
         while self._held and self._held[0][0] <= self._back:
             self.waiters.notify(self._held.popleft()[2])
-        if committed is READ_AGAIN:
-            self.waiters.wake_all()
-        elif isinstance(committed, list):
+        if committed:
             self.waiters.notify(committed)
 
     def _hand_over_overdue(self) -> None:
@@ -722,11 +727,7 @@ class Listener:
                     delay = min(delay * 2, RECONNECT_MAX_SECONDS)
             log.warning("database listener reconnected: every held request reads again")
             self._held.clear()  # their doorbells are gone with the old connection; everyone reads
-            for waiting in self._awaiting.values():
-                if not waiting.done():
-                    waiting.set_result(READ_AGAIN)
-            self._awaiting.clear()
-            self.waiters.wake_all()
+            self._stop_waiting()
 
     async def _answers(self) -> bool:
         assert self._conn is not None
