@@ -3,8 +3,8 @@
 
 This module wires configuration (leida_config.py) to the store, the store to
 the app and the app to a server, and holds the command line: ``serve`` (the
-default), ``demo``, ``add-user``, ``add-customer``, ``demo-accounts`` and
-``backup``. Installed, the same command line is the ``leida-chat`` command.
+default), ``demo``, ``add-user``, ``add-customer``, ``demo-accounts``,
+``backup``, ``webhooks`` and ``media``. Installed, the same command line is the ``leida-chat`` command.
 ``serve --processes N`` forks N workers onto one port (PostgreSQL only).
 """
 from __future__ import annotations
@@ -30,6 +30,8 @@ from tornado.netutil import bind_sockets
 from tornado.process import fork_processes
 
 from handlers import ApiSettings, ChatHTTPServer, make_app, metrics_app
+from media import KEY_NAME as MEDIA_URL_KEY
+from media import SWEEP_SECONDS, Media, MediaSettings
 from leida_config import (
     Config,
     ConfigError,
@@ -192,19 +194,25 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
             "(hard limit) or lower max_waiters", open_files, needed, config["longpoll"]["max_waiters"],
         )
     store = await open_store(config)
+    try:
+        media = await open_media(config, store)
+    except BaseException:
+        await store.close()
+        raise
     webhooks = webhook_settings(config)
     sender = None
     if webhooks is not None:
         store.watch_unread(webhooks.unread_after_seconds)
         sender = WebhookSender(store.outbox, webhooks)
     demo = config[""]["demo"]
-    app = make_app(store, api_settings(config), access_log=config["log"]["access"], demo=demo)
+    app = make_app(store, api_settings(config), access_log=config["log"]["access"], demo=demo, media=media)
     server = ChatHTTPServer(
         app,
         idle_connection_timeout=server_config["idle_connection_timeout"],
         max_header_size=server_config["max_header_bytes"],
         body_timeout=server_config["body_timeout"],
         trusted_proxies=comma_list(server_config["trusted_proxies"]),
+        upload_timeout=config["media"]["upload_timeout"],
     )
     try:
         if sockets is None:
@@ -212,6 +220,7 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
         else:
             server.add_sockets(sockets)
     except OSError as error:
+        await media.close()
         await store.close()
         raise SystemExit(f"cannot listen on {server_config['host']}:{server_config['port']}: {error.strerror}") from None
     port = next(iter(server._sockets.values())).getsockname()[1]  # the real one when port = 0
@@ -219,6 +228,7 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
         metrics_server = listen_for_scrapes(config["metrics"], worker)
     except SystemExit:
         server.stop()
+        await media.close()
         await store.close()
         raise
     log.info(
@@ -228,6 +238,7 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
     )
     if sender is not None:
         sender.start()
+    sweep = sweep_unclaimed_uploads(media, store)
     if demo:
         customer_page, radar_page = demo_urls(server_config["host"], port)
         log.warning("demo mode: /demo/accounts.json hands out the demo accounts' tokens to this machine; "
@@ -254,8 +265,40 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
     await server.close_all_connections()
     if sender is not None:
         await sender.stop()
+    sweep.stop()
+    await media.close()
     await store.close()
     log.info("%sstopped after %d commits of %d changes", _worker_prefix(worker), store.commits, store.changes)
+
+
+async def open_media(config: Config, store: ChatStore) -> Media:
+    """The media room on the store ``media.store`` names, with the URL key every process shares."""
+    settings = MediaSettings.from_config(config["media"])
+    media = await Media.open(settings, await store.server_key(MEDIA_URL_KEY))
+    log.info("media: %s store at %s", media.store.name, media.store.describe())
+    return media
+
+
+def sweep_unclaimed_uploads(media: Media, store: ChatStore) -> PeriodicCallback:
+    """Now and every SWEEP_SECONDS: uploads no message claimed within media.unclaimed_hours go."""
+    running: list[asyncio.Task] = []
+
+    def sweep() -> None:
+        if running and not running[-1].done():
+            return
+        running[:] = [asyncio.get_running_loop().create_task(_sweep(media, store))]
+
+    periodic = PeriodicCallback(sweep, SWEEP_SECONDS * 1000)
+    periodic.start()
+    sweep()
+    return periodic
+
+
+async def _sweep(media: Media, store: ChatStore) -> None:
+    try:
+        await media.sweep_unclaimed(store)
+    except Exception:  # the database or the store out of reach: the next sweep tries again
+        log.warning("sweeping unclaimed uploads failed", exc_info=True)
 
 
 def serve_in_processes(config: Config, count: int) -> int:
@@ -379,6 +422,22 @@ async def retry_webhooks(config: Config, event_ids: list[str] | None) -> dict[st
     return {"queued": queued}
 
 
+# -- media --------------------------------------------------------------------
+
+
+async def media_usage(config: Config) -> dict[str, Any]:
+    """Uploads by kind: count and bytes (thumbnails included), and how many no message has claimed yet."""
+    store = await open_store(config)
+    try:
+        usage = await store.attachment_usage()
+    finally:
+        await store.close()
+    kinds = {kind: usage.get(kind, {"count": 0, "bytes": 0, "unclaimed_count": 0, "unclaimed_bytes": 0})
+             for kind in ("image", "video")}
+    return {"store": config["media"]["store"], "by_type": kinds,
+            "total": {key: sum(figures[key] for figures in kinds.values()) for key in kinds["image"]}}
+
+
 # -- accounts -----------------------------------------------------------------
 
 
@@ -484,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.add_argument("--failed", action="store_true", help="with retry: every failed event")
     hooks.add_argument("--all", action="store_true", help="with list: delivered events too")
 
+    command("media", "uploads (pictures and videos) by type: count and bytes, and those no message claimed; "
+                     "prints JSON")
+
     numbered = command("demo-accounts", "create numbered radar users and customers in one transaction")
     numbered.add_argument("--users", type=_count, required=True)
     numbered.add_argument("--customers", type=_count, required=True)
@@ -545,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"(pg_dump --format=custom --file=OUT 'URL'; README.md, Backups)", file=sys.stderr)
                 return 2
             print(json.dumps(backup(sqlite_path(location), args.out)))
+            return 0
+        if args.command == "media":
+            print(json.dumps(asyncio.run(media_usage(config))))
             return 0
         if args.command == "webhooks":
             print(json.dumps(asyncio.run(webhooks_command(config, args)), ensure_ascii=False))

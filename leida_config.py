@@ -57,6 +57,12 @@ DEFAULTS: Config = {
     # taken, and fixed so that a scrape config is written once; 0 takes any free port (logged).
     "metrics": {"host": "127.0.0.1", "port": 9480},
     # offline notifications: url empty = off; secret is whsec_<base64> (several, space-separated, to rotate)
+    # pictures and videos (media/): where they are kept, what is accepted, how long their URLs work
+    "media": {"store": "local", "directory": "data/media", "max_image_bytes": 10 * 1024 * 1024,
+              "max_video_bytes": 50 * 1024 * 1024, "max_image_pixels": 50_000_000, "max_frames": 500,
+              "workers": 2, "url_ttl_seconds": 7 * 24 * 3600, "unclaimed_hours": 24.0, "upload_timeout": 600.0,
+              "base_url": "", "s3_endpoint": "", "s3_bucket": "", "s3_region": "us-east-1",
+              "s3_presign_seconds": 90},
     "webhook": {"url": "", "secret": "", "unread_after_seconds": 60.0, "timeout_seconds": 10.0,
                 "retry_seconds": "0,5,300,1800,7200,18000,36000,36000"},
 }
@@ -167,6 +173,7 @@ def check(config: Config) -> None:
     if server["event_loop"] not in ("auto", "asyncio", "uvloop"):
         raise ConfigError("server.event_loop must be auto, asyncio or uvloop")
     check_database(config)
+    check_media(config)
     webhook_settings(config)
     if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):
         raise ConfigError("log.level must be DEBUG, INFO, WARNING or ERROR")
@@ -188,6 +195,26 @@ def check_database(config: Config) -> None:
             "writer: serve it with one process, or use PostgreSQL for several "
             "(database.url / LEIDA_DATABASE_URL / --db postgresql://user@host:port/database)"
         )
+
+
+def check_media(config: Config) -> None:
+    media = config["media"]
+    if media["store"] not in ("local", "s3"):
+        raise ConfigError("media.store must be local or s3")
+    if media["store"] == "s3" and not (media["s3_endpoint"] and media["s3_bucket"]):
+        raise ConfigError("media.store = s3 needs media.s3_endpoint and media.s3_bucket "
+                          "(LEIDA_MEDIA_S3_ENDPOINT, LEIDA_MEDIA_S3_BUCKET)")
+    for key in ("max_image_bytes", "max_video_bytes", "max_image_pixels", "max_frames", "workers", "url_ttl_seconds"):
+        if media[key] < 1:
+            raise ConfigError(f"media.{key} must be at least 1")
+    if not 30 <= media["s3_presign_seconds"] <= 3600:
+        raise ConfigError("media.s3_presign_seconds must be between 30 and 3600")
+    for key in ("unclaimed_hours", "upload_timeout"):
+        if media[key] <= 0:
+            raise ConfigError(f"media.{key} must be positive")
+    base = media["base_url"]
+    if base and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", base):
+        raise ConfigError("media.base_url must be empty or an http(s) URL like https://chat.example.com")
 
 
 def webhook_settings(config: Config) -> WebhookSettings | None:

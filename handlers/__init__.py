@@ -11,6 +11,7 @@ from typing import Any
 
 from tornado.web import Application, RequestHandler, StaticFileHandler
 
+from media import Media
 from storage import ChatStore
 
 from . import customer, radar
@@ -18,6 +19,7 @@ from .base import InFlight, NotFoundHandler, log_request
 from .connections import ChatHTTPServer
 from .demo import DemoAccountsHandler
 from .health import HealthHandler, ReadyHandler
+from .media import MediaFileHandler
 from .metrics import count_request, metrics_app, watch_held_requests
 from .openapi import OpenApiHandler
 from .settings import ApiSettings
@@ -35,10 +37,12 @@ def routes(deps: dict[str, Any], demo: bool) -> list[tuple]:
         ("/zhugeleida/gongzhonghao/chat/send_msg/{o_id}", customer.SendHandler),
         ("/zhugeleida/gongzhonghao/chat/getmsg/{o_id}", customer.GetMsgHandler),
         ("/zhugeleida/gongzhonghao/chat/query_num/{o_id}", customer.UnreadCountHandler),
+        ("/zhugeleida/gongzhonghao/chat/upload/{o_id}", customer.UploadHandler),
         ("/zhugeleida/gongzhonghao/chat", customer.HistoryHandler),
         ("/zhugeleida/qiyeweixin/chat/send_msg/{o_id}", radar.SendHandler),
         ("/zhugeleida/qiyeweixin/chat/getmsg/{o_id}", radar.GetMsgHandler),
         ("/zhugeleida/qiyeweixin/chat/query_num/{o_id}", radar.UnreadCountHandler),
+        ("/zhugeleida/qiyeweixin/chat/upload/{o_id}", radar.UploadHandler),
         ("/zhugeleida/qiyeweixin/chat", radar.HistoryHandler),
         ("/zhugeleida/qiyeweixin/contact", radar.ContactHandler),
         ("/openapi.json", OpenApiHandler),
@@ -48,7 +52,11 @@ def routes(deps: dict[str, Any], demo: bool) -> list[tuple]:
     if demo:
         table.append(("/demo/accounts.json", DemoAccountsHandler))
     ROUTE_NAMES.update((handler, name) for name, handler in table)
-    api = [(pattern(name), handler, deps) for name, handler in table]
+    api: list[tuple[str, type[RequestHandler], dict[str, Any]]] = [
+        (pattern(name), handler, deps) for name, handler in table]
+    # pictures and videos, by the signed URLs that answers hand out (handlers/media.py)
+    ROUTE_NAMES[MediaFileHandler] = "/media/"
+    api.append((r"/media/([0-9a-f]{32})(/thumbnail)?", MediaFileHandler, deps))
     # the browser client (handlers/static/leida-chat.js) is for every deployment; the demo pages only in demo mode
     files = [(r"/static/(.*)", StaticFileHandler, {"path": str(STATIC)})]
     if demo:
@@ -65,13 +73,15 @@ def pattern(route: str) -> str:
 
 
 def make_app(
-    store: ChatStore, settings: ApiSettings | None = None, access_log: bool = True, demo: bool = False
+    store: ChatStore, settings: ApiSettings | None = None, access_log: bool = True, demo: bool = False,
+    media: Media | None = None,
 ) -> Application:
     """The tornado application; ``app.settings["inflight"]`` counts unanswered requests.
 
     ``demo`` adds the demo pages and /demo/accounts.json (see handlers/demo.py).
+    ``media`` is the media room (media/): without it, uploads and /media/ answer 404.
     """
-    deps = {"store": store, "settings": settings or ApiSettings(), "inflight": InFlight()}
+    deps = {"store": store, "settings": settings or ApiSettings(), "inflight": InFlight(), "media": media}
     watch_held_requests(store.waiters)
     return Application(
         routes(deps, demo),

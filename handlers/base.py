@@ -23,6 +23,7 @@ from tornado import httputil
 from tornado.util import ObjectDict
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from media import Media
 from storage import ChatStore, Customer, RadarUser, StorageFailing
 from storage.metrics import count_error
 
@@ -39,7 +40,8 @@ RETRY_AFTER_SECONDS = 2
 CROSS_ORIGIN_PREFIX = "/zhugeleida/"
 #: how long a browser may cache a preflight's answer (Chromium caps it at 7200)
 PREFLIGHT_MAX_AGE_SECONDS = 7200
-SECRET_PARAMS = frozenset({"rand_str", "token"})
+#: query values never logged: signatures, tokens, and a media URL's HMAC (it grants the file for days)
+SECRET_PARAMS = frozenset({"rand_str", "token", "s"})
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -141,8 +143,9 @@ class ApiHandler(RequestHandler):
         request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
         self.initialize(**kwargs)
 
-    def initialize(self, store: ChatStore, settings: ApiSettings, inflight: InFlight) -> None:
+    def initialize(self, store: ChatStore, settings: ApiSettings, inflight: InFlight, media: Media | None = None) -> None:
         self.store = store
+        self.media = media
         self.api = settings
         self._inflight: InFlight | None = inflight
         self._requests = inflight

@@ -30,15 +30,20 @@ from tornado.httpserver import HTTPServer
 
 log = logging.getLogger("leida_chat.http")
 
+#: what the paths of the upload routes contain (their body deadline is media.upload_timeout)
+UPLOAD_PATH = "/chat/upload/"
+
 
 class ChatHTTPServer(HTTPServer):
     """Tornado's HTTPServer with cheaper per-request deadlines (see module docstring)."""
 
     def initialize(
         self, *args: Any, idle_connection_timeout: float | None = None, body_timeout: float | None = None,
-        trusted_proxies: Sequence[str] = (), **kwargs: Any,
+        trusted_proxies: Sequence[str] = (), upload_timeout: float | None = None, **kwargs: Any,
     ) -> None:
         super().initialize(*args, **kwargs)
+        #: the body deadline of uploads (a 50 MB video from a phone takes minutes), media.upload_timeout
+        self.upload_timeout = upload_timeout
         self.trusted_proxies = TrustedProxies(trusted_proxies)
         self.conn_params.header_timeout = None
         self.conn_params.body_timeout = None
@@ -53,7 +58,7 @@ class ChatHTTPServer(HTTPServer):
         delegate = super().start_request(server_conn, request_conn)
         assert isinstance(request_conn, HTTP1Connection)
         deadlines = RequestDeadlines(delegate, request_conn, self.idle_connection_timeout, self.body_timeout,
-                                     self.trusted_proxies)
+                                     self.trusted_proxies, self.upload_timeout)
         self._current[server_conn] = deadlines
         return deadlines
 
@@ -78,10 +83,13 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
     def __init__(
         self, delegate: httputil.HTTPMessageDelegate, connection: HTTP1Connection,
         idle_timeout: float, body_timeout: float | None, trusted_proxies: TrustedProxies | None = None,
+        upload_timeout: float | None = None,
     ) -> None:
         self._delegate = delegate
         self._trusted_proxies = trusted_proxies
+        self._upload_timeout = upload_timeout
         self._peer_ip: str | None = None
+        self._peer_protocol: str | None = None
         self._connection = connection
         self._body_timeout = body_timeout
         self._deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
@@ -98,7 +106,11 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
         if self._trusted_proxies:
             self._believe_forwarded_address(headers)
         if self._body_timeout is not None and _has_body(headers):
-            self._deadline = asyncio.get_running_loop().call_later(self._body_timeout, self._body_too_slow)
+            timeout = self._body_timeout
+            if self._upload_timeout is not None and isinstance(start_line, httputil.RequestStartLine) \
+                    and UPLOAD_PATH in start_line.path:
+                timeout = max(timeout, self._upload_timeout)
+            self._deadline = asyncio.get_running_loop().call_later(timeout, self._body_too_slow)
         return self._delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Any:
@@ -123,12 +135,20 @@ class RequestDeadlines(httputil.HTTPMessageDelegate):
         if client is not None and client != peer:
             self._peer_ip = peer
             context.remote_ip = client  # type: ignore[attr-defined]
+        protocol = headers.get("X-Forwarded-Proto", "").strip().lower()
+        if protocol in ("http", "https") and self._trusted_proxies.trusts(peer):
+            # the page's own scheme: media URLs handed out must be https on an https page
+            self._peer_protocol = getattr(context, "protocol", None)
+            context.protocol = protocol  # type: ignore[attr-defined]
 
     def _restore_peer_address(self) -> None:
         """The next request on this keep-alive connection starts from the real peer again."""
         if self._peer_ip is not None:
             self._connection.context.remote_ip = self._peer_ip  # type: ignore[attr-defined]
             self._peer_ip = None
+        if self._peer_protocol is not None:
+            self._connection.context.protocol = self._peer_protocol  # type: ignore[attr-defined]
+            self._peer_protocol = None
 
     def cancel(self) -> None:
         if self._deadline is not None:

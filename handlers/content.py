@@ -5,6 +5,7 @@ anything a page will render (text, links) is checked here, once, on the way in.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,8 +18,11 @@ from .errors import InvalidParams
 CUSTOMER_INFO_TYPES = (TEXT, PRODUCT, CONTACT_REQUEST, IMAGE, VIDEO)
 RADAR_USER_INFO_TYPES = CUSTOMER_INFO_TYPES + (SHOP_LINK,)
 
-#: key -> info_types that require it
+#: key -> info_types that require it (a picture or video needs a url, or the attachment_id of an upload)
 _REQUIRED = {"msg": (TEXT,), "product_name": (PRODUCT,), "url": (IMAGE, VIDEO)}
+_ATTACHMENT_ID = re.compile(r"[0-9a-f]{32}")
+#: what the server fills in from the attachment's record; a client's own values for them are dropped
+ATTACHMENT_KEYS = ("url", "thumbnail_url", "content_type", "size", "width", "height", "duration", "thumbnail")
 _TEXT_KEYS = ("msg", "product_name")
 _URL_KEYS = ("url", "product_cover_url")
 _SAFE_URL_SCHEMES = ("", "http", "https")
@@ -58,9 +62,22 @@ def parse_content(
         allowed = ", ".join(map(str, allowed_info_types))
         raise _invalid(f"content.info_type must be one of {allowed}")
 
+    if "attachment_id" in content and info_type not in (IMAGE, VIDEO):
+        raise InvalidParams.one("attachment_id", "content.attachment_id goes only with info_type 4 (picture) "
+                                "or 5 (video)")
+    if info_type in (IMAGE, VIDEO) and "attachment_id" in content:
+        attachment_id = content["attachment_id"]
+        if not isinstance(attachment_id, str) or not _ATTACHMENT_ID.fullmatch(attachment_id):
+            raise InvalidParams.one("attachment_id", "content.attachment_id must be the attachment_id an upload "
+                                    "answered (32 hex digits)")
+        for key in ATTACHMENT_KEYS:
+            content.pop(key, None)
     for key, needed_by in _REQUIRED.items():
+        if key == "url" and "attachment_id" in content:
+            continue
         if info_type in needed_by and key not in content:
-            raise _invalid(f"content.{key} is required for info_type {info_type}", "required")
+            also = " (or content.attachment_id, from an upload)" if key == "url" else ""
+            raise _invalid(f"content.{key} is required for info_type {info_type}{also}", "required")
     for key in _TEXT_KEYS:
         if key in content:
             _check_text(key, content[key], msg_max_chars, required=info_type in _REQUIRED[key])

@@ -11,6 +11,8 @@ from .content import CUSTOMER_INFO_TYPES
 from .errors import InvalidParams
 from .items import customer_history_item, customer_item
 from .longpoll import LongPollHandler
+from .media import UploadHandler as MediaUploadHandler
+from .media import attachment_links
 from .params import Params
 from .sending import SendMessageHandler
 
@@ -51,6 +53,18 @@ class SendHandler(CustomerHandler, SendMessageHandler):
         await self.store_and_reply(self.signer.id, user_id, content, client_msg_id)
 
 
+class UploadHandler(CustomerHandler, MediaUploadHandler):
+    """POST /zhugeleida/gongzhonghao/chat/upload/{o_id}: a picture or video for the radar user ``u_id``."""
+
+    side = Side.CUSTOMER
+
+    async def read_conversation(self, query: Params) -> tuple[int, int]:
+        user_id = self.read_radar_user_id(query)
+        query.check()
+        await self.require_radar_user(user_id)
+        return self.signer.id, user_id
+
+
 class GetMsgHandler(CustomerHandler, LongPollHandler):
     """GET /zhugeleida/gongzhonghao/chat/getmsg/{o_id}: the long-poll."""
 
@@ -60,7 +74,9 @@ class GetMsgHandler(CustomerHandler, LongPollHandler):
         wait, last_id = self.read_poll(query)
         query.check()
         await self.require_radar_user(user_id)
-        await self.answer_getmsg(Side.CUSTOMER, user_id, self.signer.id, last_id, wait, customer_item)
+        links = attachment_links(self.media, self.request.protocol, self.request.host)
+        await self.answer_getmsg(Side.CUSTOMER, user_id, self.signer.id, last_id, wait,
+                                 lambda message: customer_item(message, links))
 
 
 class HistoryHandler(CustomerHandler):
@@ -73,10 +89,11 @@ class HistoryHandler(CustomerHandler):
         query.check()
         user = await self.require_radar_user(user_id)
         page = await self.store.read_history(Side.CUSTOMER, self.signer.id, user_id, offset, limit)
+        links = attachment_links(self.media, self.request.protocol, self.request.host)
         self.reply(
             "分页获取-全部聊天消息成功",
             {
-                "ret_data": [customer_history_item(message) for message in page.messages],
+                "ret_data": [customer_history_item(message, links) for message in page.messages],
                 "mingpian_phone": user.card_phone,
                 "wechat": user.wechat_id,
                 "data_count": page.total,

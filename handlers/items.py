@@ -4,28 +4,46 @@ The key names are the original API's, misspellings included (``user_avator``
 in customer getmsg items): deployed H5 pages read them as they are. Content
 keys are merged after the server's keys and can never overwrite them, so a
 message cannot pose as another id, sender or conversation.
+
+A picture or video sent as an upload (content ``attachment_id``) gets its
+``url`` and ``thumbnail_url`` here, at each rendering, because they are signed
+and expire (media/links.py); what else the server knows of it (type, size,
+dimensions) was put into the content when it was sent.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from storage import Contact, Message
 
+#: (attachment_id, has a thumbnail) -> (url, thumbnail_url): signed URLs of an upload
+AttachmentLinks = Callable[[str, bool], tuple[str, str | None]]
 
-def _with_content(item: dict[str, Any], message: Message) -> dict[str, Any]:
-    for key, value in message.content.items():
+
+def _with_content(item: dict[str, Any], message: Message, links: AttachmentLinks | None) -> dict[str, Any]:
+    content = message.content
+    if "attachment_id" in content and links is not None:
+        item["url"], item["thumbnail_url"] = links(content["attachment_id"], bool(content.get("thumbnail")))
+        for key, value in content.items():
+            if key != "thumbnail":
+                item.setdefault(key, value)
+        return item
+    for key, value in content.items():
         item.setdefault(key, value)
     return item
 
 
-def customer_item(message: Message) -> dict[str, Any]:
-    """An item of the customer's getmsg."""
+def customer_item(message: Message, links: AttachmentLinks | None = None) -> dict[str, Any]:
+    """An item of the customer's getmsg. The avatar goes under both spellings: the seed's
+    ``user_avator`` and the ``user_avatar`` of the original's later versions (CONTRACT.md)."""
     return _with_content(
         {
             "id": message.id,
             "customer_id": message.customer_id,
             "user_id": message.user_id,
             "user_avator": message.user_avatar,
+            "user_avatar": message.user_avatar,
             "customer_headimgurl": message.customer_headimgurl,
             "customer": message.customer_name,
             "dateTime": message.created_at,
@@ -33,18 +51,18 @@ def customer_item(message: Message) -> dict[str, Any]:
             "is_first_info": message.is_first_info,
         },
         message,
+        links,
     )
 
 
-def customer_history_item(message: Message) -> dict[str, Any]:
+def customer_history_item(message: Message, links: AttachmentLinks | None = None) -> dict[str, Any]:
     """An item of the customer's history: a getmsg item plus the seed's history keys."""
-    item = customer_item(message)
+    item = customer_item(message, links)
     item["from_user_name"] = message.customer_name
-    item["user_avatar"] = message.user_avatar
     return item
 
 
-def radar_item(message: Message) -> dict[str, Any]:
+def radar_item(message: Message, links: AttachmentLinks | None = None) -> dict[str, Any]:
     """An item of the radar user's getmsg, history and contact list."""
     read = int(message.read_by_customer)
     return _with_content(
@@ -61,14 +79,15 @@ def radar_item(message: Message) -> dict[str, Any]:
             "is_customer_already_read_text": "已读" if read else "未读",
         },
         message,
+        links,
     )
 
 
-def contact_item(contact: Contact) -> dict[str, Any]:
+def contact_item(contact: Contact, links: AttachmentLinks | None = None) -> dict[str, Any]:
     return {
         "customer_id": contact.customer_id,
         "customer": contact.customer_name,
         "customer_headimgurl": contact.customer_headimgurl,
         "unread_count": contact.unread_count,
-        "last_msg": radar_item(contact.last_message),
+        "last_msg": radar_item(contact.last_message, links),
     }

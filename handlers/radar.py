@@ -11,6 +11,9 @@ from .content import RADAR_USER_INFO_TYPES
 from .errors import InvalidParams
 from .items import contact_item, radar_item
 from .longpoll import LongPollHandler
+from .media import UploadHandler as MediaUploadHandler
+from .media import attachment_links
+from .params import Params
 from .sending import SendMessageHandler
 
 
@@ -46,6 +49,18 @@ class SendHandler(RadarUserHandler, SendMessageHandler):
         await self.store_and_reply(customer_id, self.signer.id, content, client_msg_id)
 
 
+class UploadHandler(RadarUserHandler, MediaUploadHandler):
+    """POST /zhugeleida/qiyeweixin/chat/upload/{o_id}: a picture or video for the customer ``customer_id``."""
+
+    side = Side.RADAR_USER
+
+    async def read_conversation(self, query: Params) -> tuple[int, int]:
+        customer_id = query.account_id("customer_id", required=True)
+        query.check()
+        await self.require_customer(customer_id)
+        return customer_id, self.signer.id
+
+
 class GetMsgHandler(RadarUserHandler, LongPollHandler):
     """GET /zhugeleida/qiyeweixin/chat/getmsg/{o_id}: one conversation, or the whole inbox."""
 
@@ -55,7 +70,9 @@ class GetMsgHandler(RadarUserHandler, LongPollHandler):
         wait, last_id = self.read_poll(query)
         query.check()
         await self.require_customer(customer_id)
-        await self.answer_getmsg(Side.RADAR_USER, self.signer.id, customer_id, last_id, wait, radar_item)
+        links = attachment_links(self.media, self.request.protocol, self.request.host)
+        await self.answer_getmsg(Side.RADAR_USER, self.signer.id, customer_id, last_id, wait,
+                                 lambda message: radar_item(message, links))
 
 
 class HistoryHandler(RadarUserHandler):
@@ -68,9 +85,10 @@ class HistoryHandler(RadarUserHandler):
         query.check()
         await self.require_customer(customer_id)
         page = await self.store.read_history(Side.RADAR_USER, customer_id, self.signer.id, offset, limit)
+        links = attachment_links(self.media, self.request.protocol, self.request.host)
         self.reply(
             "分页获取-全部聊天消息成功",
-            {"ret_data": [radar_item(message) for message in page.messages], "data_count": page.total},
+            {"ret_data": [radar_item(message, links) for message in page.messages], "data_count": page.total},
         )
 
 
@@ -94,7 +112,8 @@ class ContactHandler(RadarUserHandler):
         offset, limit = query.page(max_length=self.api.history_max_length)
         query.check()
         contacts, total = await self.store.contacts(self.signer.id, offset, limit)
+        links = attachment_links(self.media, self.request.protocol, self.request.host)
         self.reply(
             "查询成功",
-            {"ret_data": [contact_item(contact) for contact in contacts], "data_count": total},
+            {"ret_data": [contact_item(contact, links) for contact in contacts], "data_count": total},
         )

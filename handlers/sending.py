@@ -5,10 +5,12 @@ from typing import Any
 
 from tornado.web import HTTPError
 
-from storage import DatabaseLocked, Side
+from storage import AttachmentUnavailable, DatabaseLocked, Side
+from storage.records import IMAGE, info_type_number
 
 from .base import SignedHandler
 from .content import parse_content
+from .errors import InvalidParams
 from .params import Params
 
 CLIENT_MSG_ID_MAX_CHARS = 64
@@ -45,8 +47,37 @@ class SendMessageHandler(SignedHandler):
         Retry-After, as is storage that is failing (ApiHandler.write_error):
         nothing was stored, and the client may simply send again.
         """
+        attachment_id = content.get("attachment_id")
+        if attachment_id is not None:
+            await self.describe_attachment(content, customer_id, user_id)
         try:
-            receipt = await self.store.send(customer_id, user_id, self.side.send_type, content, client_msg_id)
+            receipt = await self.store.send(customer_id, user_id, self.side.send_type, content, client_msg_id,
+                                            attachment_id=attachment_id)
         except DatabaseLocked as error:
             raise HTTPError(503, str(error)) from None
+        except AttachmentUnavailable as error:
+            raise _attachment_refused(str(error)) from None
         self.reply(self.success_msg, {"id": receipt.id, "dateTime": receipt.created_at})
+
+    async def describe_attachment(self, content: dict[str, Any], customer_id: int, user_id: int) -> None:
+        """Fill ``content`` with what the server knows of the upload it names, once the upload
+        is shown to be the sender's own, for this conversation, and of the info_type's kind.
+        Whether another message claimed it already is decided in the send's transaction, so
+        that a retry of the send that claimed it (same client_msg_id) still succeeds."""
+        record = await self.store.attachment(content["attachment_id"])
+        if record is None or record.send_type != self.side.send_type or record.sender_id != self.signer.id:
+            raise _attachment_refused("no upload of yours has this attachment_id")
+        if (record.customer_id, record.user_id) != (customer_id, user_id):
+            raise _attachment_refused("this upload was made for another conversation")
+        wanted = "image" if info_type_number(content.get("info_type")) == IMAGE else "video"
+        if record.kind != wanted:
+            raise _attachment_refused(f"this upload is a {record.kind}: send it with info_type "
+                                      f"{4 if record.kind == 'image' else 5}")
+        content.update(content_type=record.content_type, size=record.size, width=record.width,
+                       height=record.height, thumbnail=record.thumbnail_key is not None)
+        if record.duration is not None:
+            content["duration"] = record.duration
+
+
+def _attachment_refused(message: str) -> InvalidParams:
+    return InvalidParams.one("attachment_id", message, "unavailable")

@@ -28,6 +28,8 @@ class Outgoing:
     created_at: str
     client_msg_id: str | None
     content: dict[str, Any]  # what waiters are handed; only content_json is stored
+    #: the upload this message claims (content info_type 4 or 5), in the send's own transaction
+    attachment_id: str | None = None
 
     @property
     def sender_key(self) -> SenderKey | None:
@@ -48,6 +50,8 @@ class SendRows(NamedTuple):
     conversations: list[tuple]
     #: (send_type, sender_id, client_msg_id, message_id)
     client_keys: list[tuple]
+    #: (attachment_id, message_id, send_type, sender_id, customer_id, user_id): uploads claimed
+    attachments: list[tuple]
 
 
 def pairs_and_keys(batch: list[Outgoing]) -> tuple[list[Pair], list[SenderKey]]:
@@ -65,7 +69,7 @@ def plan_sends(
     the next of ``new_ids``, which must rise."""
     conversations = set(conversations)
     earlier = dict(earlier)
-    rows = SendRows([], [], [], [])
+    rows = SendRows([], [], [], [], [])
     for sent in batch:
         key = sent.sender_key
         if key is not None and key in earlier:
@@ -79,6 +83,10 @@ def plan_sends(
             earlier[key] = SendReceipt(message_id, sent.created_at, duplicate=True)
             rows.client_keys.append((*key, message_id))
         rows.results.append((SendReceipt(message_id, sent.created_at), is_first_info))
+        if sent.attachment_id is not None:
+            sender_id = sent.customer_id if sent.send_type == FROM_CUSTOMER else sent.user_id
+            rows.attachments.append(
+                (sent.attachment_id, message_id, sent.send_type, sender_id, sent.customer_id, sent.user_id))
         rows.messages.append(
             (message_id, sent.customer_id, sent.user_id, sent.send_type, sent.content_json, sent.created_at)
         )

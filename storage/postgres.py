@@ -61,10 +61,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from .media import CLAIM_ATTACHMENT
 from .metrics import count_error
 from .outbox import WATCH_UNREAD_ON_CONFLICT, Script, run_script_async, unread_watches
 from .outgoing import Outgoing, Pair, SenderKey, pairs_and_keys, plan_sends
-from .records import AccountNeedsName, Message, SendReceipt, Side
+from .records import AccountNeedsName, AttachmentUnavailable, Message, SendReceipt, Side
 from .schema import migrate_postgres
 from .waiters import Committed, Waiters
 from .writer import Change, Changes, StorageFailing, by_kind
@@ -373,6 +374,8 @@ async def _insert_messages(
         else:
             ids.append(a)
     planned = plan_sends(batch, conversations, earlier, iter(sorted(ids)))
+    if planned.attachments:
+        await _claim_attachments(conn, planned.attachments)
     # one row per conversation: a statement may touch a row once. A conversation that gets a
     # message has its read positions moved by the upsert; the others by the UPDATE.
     spans: dict[Pair, list[int]] = {}
@@ -413,6 +416,15 @@ async def _insert_messages(
         *(list(zip(*watches, strict=True)) or [(), (), (), ()]),
     )
     return planned.results
+
+
+async def _claim_attachments(conn: Conn, claims: list[tuple]) -> None:
+    """Each upload a new message uses, claimed by it in the send's transaction, or the
+    whole transaction refused (the writer then retries each send alone, so only the
+    send at fault fails)."""
+    for attachment_id, message_id, *owner in claims:
+        if await conn.fetchval(as_postgres(CLAIM_ATTACHMENT) + " RETURNING 1", message_id, attachment_id, *owner) is None:
+            raise AttachmentUnavailable(attachment_id, "the attachment is gone or was used by another message")
 
 
 #: what a doorbell names per conversation: its (customer_id, user_id) and the ids of its new messages, first and last

@@ -125,3 +125,39 @@ class Contact:
 class HistoryPage:
     messages: list[Message]
     total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """An uploaded picture or video: who may use it, where, and what the server made of it."""
+
+    id: str
+    send_type: int  # the uploader's side, as the messages it may go in
+    uploader_id: int
+    customer_id: int
+    user_id: int
+    kind: str  # "image" or "video"
+    content_type: str
+    size: int
+    width: int | None
+    height: int | None
+    duration: float | None
+    sha256: str
+    storage_key: str
+    thumbnail_key: str | None
+    thumbnail_size: int
+    message_id: int | None
+    created_at: float
+
+    @property
+    def sender_id(self) -> int:
+        return self.customer_id if self.send_type == FROM_CUSTOMER else self.user_id
+
+
+class AttachmentUnavailable(ValueError):
+    """A send named an attachment it may not use (another's, another conversation's, gone, or
+    used by another message); nothing of the send was stored."""
+
+    def __init__(self, attachment_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.attachment_id = attachment_id

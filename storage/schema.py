@@ -142,6 +142,39 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX webhook_event_due ON webhook_event (next_attempt_at) WHERE status = 'pending';
     CREATE INDEX webhook_event_by_status ON webhook_event (status, created_at);
     """,
+    7: """
+    -- Pictures and videos (media/). One row per upload: who uploaded it, for which
+    -- conversation, what the server made of it (type, size, dimensions, SHA-256 of the
+    -- stored bytes) and where the media store keeps it. message_id is NULL until a
+    -- message claims it, in the send's own transaction; unclaimed rows older than
+    -- media.unclaimed_hours are deleted with their files.
+    CREATE TABLE attachment (
+        id TEXT PRIMARY KEY,
+        send_type INTEGER NOT NULL CHECK (send_type IN (1, 2)),
+        uploader_id INTEGER NOT NULL,
+        customer_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('image', 'video')),
+        content_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        width INTEGER,
+        height INTEGER,
+        duration REAL,
+        sha256 TEXT NOT NULL,
+        storage_key TEXT NOT NULL,
+        thumbnail_key TEXT,
+        thumbnail_size INTEGER NOT NULL DEFAULT 0,
+        message_id INTEGER,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX attachment_unclaimed ON attachment (created_at) WHERE message_id IS NULL;
+    CREATE INDEX attachment_by_conversation ON attachment (customer_id, user_id);
+    -- secrets the server makes once and every process and host shares (the media URL key)
+    CREATE TABLE server_key (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -287,6 +320,33 @@ POSTGRES_MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX webhook_event_due ON webhook_event (next_attempt_at) WHERE status = 'pending';
     CREATE INDEX webhook_event_by_status ON webhook_event (status, created_at);
+    """,
+    7: """
+    CREATE TABLE attachment (
+        id TEXT PRIMARY KEY,
+        send_type INTEGER NOT NULL CHECK (send_type IN (1, 2)),
+        uploader_id BIGINT NOT NULL,
+        customer_id BIGINT NOT NULL,
+        user_id BIGINT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('image', 'video')),
+        content_type TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        width INTEGER,
+        height INTEGER,
+        duration DOUBLE PRECISION,
+        sha256 TEXT NOT NULL,
+        storage_key TEXT NOT NULL,
+        thumbnail_key TEXT,
+        thumbnail_size BIGINT NOT NULL DEFAULT 0,
+        message_id BIGINT,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX attachment_unclaimed ON attachment (created_at) WHERE message_id IS NULL;
+    CREATE INDEX attachment_by_conversation ON attachment (customer_id, user_id);
+    CREATE TABLE server_key (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
     """,
 }
 

@@ -25,10 +25,11 @@ from typing import Any, cast
 
 import aiosqlite
 
+from .media import CLAIM_ATTACHMENT
 from .metrics import count_error
 from .outbox import WATCH_UNREAD, Script, run_script, unread_watches
 from .outgoing import Outgoing, Pair, SenderKey, SendRows, pairs_and_keys, plan_sends
-from .records import AccountNeedsName, SendReceipt, Side
+from .records import AccountNeedsName, AttachmentUnavailable, SendReceipt, Side
 from .schema import migrate
 from .waiters import Committed, Waiters
 from .writer import Change, Changes, StorageFailing, by_kind
@@ -270,6 +271,10 @@ def _write_send_rows(conn: sqlite3.Connection, rows: SendRows) -> None:
             "INSERT INTO client_message (send_type, sender_id, client_msg_id, message_id) VALUES (?, ?, ?, ?)",
             rows.client_keys,
         )
+    for attachment_id, message_id, *owner in rows.attachments:
+        claimed = conn.execute(CLAIM_ATTACHMENT, (message_id, attachment_id, *owner)).rowcount
+        if claimed != 1:
+            raise AttachmentUnavailable(attachment_id, "the attachment is gone or was used by another message")
 
 
 def _values(rows: list[tuple], width: int) -> tuple[str, list[Any]]:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import ujson
 
+from . import media
 from .accounts import AccountCache
 from .metrics import MESSAGES_FROM_CUSTOMERS, MESSAGES_FROM_RADAR_USERS, count_error
 from .outbox import Outbox
@@ -31,6 +32,7 @@ from .outgoing import Outgoing
 from .records import (
     FROM_CUSTOMER,
     FROM_RADAR_USER,
+    Attachment,
     Contact,
     Customer,
     HistoryPage,
@@ -367,15 +369,19 @@ class ChatStore:
         send_type: int,
         content: dict[str, Any],
         client_msg_id: str | None = None,
+        attachment_id: str | None = None,
     ) -> SendReceipt:
         """Store a message durably; its conversation's waiters are woken once it is.
 
         A repeated ``client_msg_id`` from the same sender stores nothing and
         returns the receipt of the first send, so a client can retry blindly.
+        ``attachment_id`` is claimed by the message in the same transaction:
+        AttachmentUnavailable if it is not the sender's unclaimed upload for this
+        conversation (a retry of a send that claimed it is a repeat, not a refusal).
         """
         outgoing = Outgoing(
             customer_id, user_id, send_type, ujson.dumps(content, ensure_ascii=False), local_timestamp(),
-            client_msg_id, content,
+            client_msg_id, content, attachment_id,
         )
         receipt, _ = await self._writer.submit(Change.SEND, outgoing)
         return receipt
@@ -410,6 +416,40 @@ class ChatStore:
             read_by_customer=False, read_by_user=False, customer_name=customer.username,
             customer_headimgurl=customer.headimgurl, user_avatar=user.card_avatar,
         )
+
+    # -- attachments -------------------------------------------------------------
+
+    async def save_attachment(self, record: Attachment) -> None:
+        """Record an upload, unclaimed, once its bytes are in the media store."""
+        await self._run_script(media.save(record))
+
+    async def attachment(self, attachment_id: str) -> Attachment | None:
+        row = await self._one(media.ATTACHMENT_BY_ID, (attachment_id,))
+        return None if row is None else media.attachment(row)
+
+    async def server_key(self, name: str) -> str:
+        """A secret made once for the whole deployment and kept in the database, so that every
+        process and host shares it (the media URL key)."""
+        result: str = await self._run_script(media.server_key(name, secrets.token_hex(32)))
+        return result
+
+    async def take_unclaimed_attachments(self, created_before: float, limit: int) -> list[tuple[str, str | None]]:
+        """Delete the records of up to ``limit`` old unclaimed uploads; their store keys, to delete next."""
+        taken: list[tuple[str, str | None]] = await self._run_script(
+            media.take_unclaimed(created_before, limit, self.database.name == "postgresql"))
+        return taken
+
+    async def attachment_usage(self) -> dict[str, dict[str, int]]:
+        """Per kind: count and bytes of every upload, and of the unclaimed ones."""
+        usage: dict[str, dict[str, int]] = {}
+        for kind, claimed, count, size in await self._all(media.USAGE, ()):
+            figures = usage.setdefault(kind, {"count": 0, "bytes": 0, "unclaimed_count": 0, "unclaimed_bytes": 0})
+            figures["count"] += count
+            figures["bytes"] += int(size)
+            if not claimed:
+                figures["unclaimed_count"] += count
+                figures["unclaimed_bytes"] += int(size)
+        return usage
 
     # -- messages ------------------------------------------------------------
 

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from handlers import ApiSettings, ChatHTTPServer, make_app  # noqa: E402
+from media import KEY_NAME as MEDIA_URL_KEY  # noqa: E402
+from media import Media, MediaSettings  # noqa: E402
 from storage import ChatStore  # noqa: E402
 
 
@@ -181,8 +183,25 @@ def store(io_loop, database: str):
 
 
 @pytest.fixture
-def app(store: ChatStore, api_settings: ApiSettings):
-    return make_app(store, api_settings)
+def media_settings(tmp_path: Path) -> MediaSettings:
+    """Override in a test module to try other limits; the files go to a temp dir."""
+    return MediaSettings(directory=tmp_path / "media")
+
+
+@pytest.fixture
+def media(io_loop, store: ChatStore, media_settings: MediaSettings):
+    """The media room, local store, with the URL key kept in the test's database."""
+    async def open_media() -> Media:
+        return await Media.open(media_settings, await store.server_key(MEDIA_URL_KEY))
+
+    room = io_loop.run_sync(open_media)
+    yield room
+    io_loop.run_sync(room.close)
+
+
+@pytest.fixture
+def app(store: ChatStore, api_settings: ApiSettings, media: Media):
+    return make_app(store, api_settings, media=media)
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@
  * md5(timestamp + token)), keeps one long-poll open that always resumes from
  * the highest message id it has seen (`last_id`), backs off with jitter on
  * errors, de-duplicates messages by id, and retries sends with the same
- * client_msg_id so the server stores them once. Plain ES2017 + fetch: load it
+ * client_msg_id so the server stores them once. sendFile() uploads a picture
+ * or a video (XMLHttpRequest, for its progress events) to chat/upload/0 and
+ * sends it as a message the same way. Plain ES2017 + fetch: load it
  * with <script src="/static/leida-chat.js"> (global `LeidaChat`) or require()
  * it (module.exports).
  *
@@ -24,12 +26,19 @@
  *     .then(function () { chat.start(); });         // polls from the newest id
  *   chat.send("你好").then(function (r) { console.log(r.id, r.dateTime); });
  *   chat.send({ info_type: 4, url: "https://example.com/a.png" });
+ *   // a picture or video from <input type=file>: upload (with progress), then send it
+ *   chat.sendFile(input.files[0], {
+ *     onProgress: function (p) { bar.style.width = (100 * p.loaded / p.total) + "%"; },
+ *     clientMsgId: id                                 // optional; reuse it to retry
+ *   }).then(function (r) { console.log(r.id, r.upload.url); },
+ *           function (err) { alert(LeidaChat.uploadErrorText(err)); });  // the server's reason
  *   chat.unreadCount().then(function (n) { badge.textContent = n; });
  *   // radar console: one inbox poll, send to a chosen customer
  *   var inbox = new LeidaChat({ side: "radar", accountId: 1, token: "…", peerId: null,
  *                               onMessages: route });
  *   inbox.contacts({ currentPage: 1, length: 50 }).then(showContacts).then(function () { inbox.start(); });
  *   inbox.send("您好", { customerId: 7 });
+ *   inbox.sendFile(file, { customerId: 7, onProgress: showProgress });
  *   window.addEventListener("pagehide", function () { chat.stop(); });
  */
 (function (root, factory) {
@@ -160,12 +169,14 @@
       customer: {
         getmsg: "/zhugeleida/gongzhonghao/chat/getmsg/0",
         send: "/zhugeleida/gongzhonghao/chat/send_msg/0",
+        upload: "/zhugeleida/gongzhonghao/chat/upload/0",
         history: "/zhugeleida/gongzhonghao/chat",
         unread: "/zhugeleida/gongzhonghao/chat/query_num/0"
       },
       radar: {
         getmsg: "/zhugeleida/qiyeweixin/chat/getmsg/0",
         send: "/zhugeleida/qiyeweixin/chat/send_msg/0",
+        upload: "/zhugeleida/qiyeweixin/chat/upload/0",
         history: "/zhugeleida/qiyeweixin/chat",
         unread: "/zhugeleida/qiyeweixin/chat/query_num/0",
         contacts: "/zhugeleida/qiyeweixin/contact"
@@ -181,6 +192,8 @@
     var POLL_GRACE_MS = 15000; // a held poll may take `wait` + this before we give up on it
     var SEEN_MAX = 5000; // ids remembered for de-duplication
     var CLOCK_SKEW_TOLERANCE_MS = 120000;
+    var UPLOAD_IDLE_TIMEOUT_MS = 60000; // an upload that makes no progress for this long fails
+    var UPLOADS_REMEMBERED = 50; // finished uploads kept for a retried sendFile (by client_msg_id)
 
     function noop() {}
 
@@ -264,6 +277,7 @@
      *   onState    function(state, delayMs) "connecting" | "live" | "retrying" | "stopped"
      *   onError    function(err)            err.code / err.msg / err.status / err.data
      *   fetch      optional fetch implementation (tests)
+     *   XMLHttpRequest optional XMLHttpRequest constructor for sendFile (tests)
      */
     function LeidaChat(options) {
       if (!(this instanceof LeidaChat)) return new LeidaChat(options);
@@ -308,11 +322,32 @@
       this._sleepers = []; // send backoff timers, cancelled by stop()
       this._clockOffset = 0; // server time - local time, when the phone's clock is far off
       this._onOnline = this._onOnline.bind(this);
+      this._XHR = o.XMLHttpRequest || (typeof XMLHttpRequest === "function" ? XMLHttpRequest : null);
+      this._uploads = new Map(); // client_msg_id -> the upload's data, for a retried sendFile
+    }
+
+    /**
+     * The sentence to show for a failed sendFile/send: the server's reason for a
+     * refused file (data.file[0].message, or any field's first message), else its msg.
+     */
+    function uploadErrorText(err) {
+      var data = err && err.data;
+      if (data && typeof data === "object") {
+        var keys = ["file"].concat(Object.keys(data));
+        for (var i = 0; i < keys.length; i++) {
+          var list = data[keys[i]];
+          if (Array.isArray(list) && list[0] && typeof list[0].message === "string" && list[0].message) {
+            return list[0].message;
+          }
+        }
+      }
+      return (err && typeof err.msg === "string" && err.msg) || (err && err.message) || "发送失败";
     }
 
     LeidaChat.md5 = md5;
+    LeidaChat.uploadErrorText = uploadErrorText;
     LeidaChat.newClientMsgId = newClientMsgId;
-    LeidaChat.version = "1.0.0";
+    LeidaChat.version = "1.1.0";
 
     var proto = LeidaChat.prototype;
 
@@ -633,6 +668,158 @@
           reject(err);
         };
         self._sleepers.push(sleeper);
+      });
+    };
+
+    /**
+     * Send a picture or a video: upload `file` (a File or Blob) with XMLHttpRequest,
+     * then send it as a message ({info_type: 4, attachment_id} for an image, 5 for
+     * a video) with send()'s client_msg_id machinery.
+     * opts: {onProgress: function ({loaded, total})}  upload progress (bytes);
+     *       {onUploaded: function (upload)}           the upload's data, before the send;
+     *       {customerId} (radar side, default peerId), {clientMsgId}, {retries} as for send().
+     * Resolves with {id, dateTime, upload} (upload: {attachment_id, kind, url,
+     * thumbnail_url, content_type, size, width, height, duration}). Retry-safe:
+     * calling it again with the same clientMsgId re-sends the upload already made
+     * for that id (or uploads again if none finished), and the server stores the
+     * message once. A refused upload rejects with code/msg/data as the server
+     * answered (402: data.file[0].message says why; 413: too large) and is also
+     * passed to onError; LeidaChat.uploadErrorText(err) gives the sentence to show.
+     */
+    proto.sendFile = function (file, opts) {
+      var self = this;
+      var o = opts || {};
+      var clientMsgId = o.clientMsgId ? String(o.clientMsgId).slice(0, 64) : newClientMsgId();
+      var params = {};
+      var customerId = null;
+      if (this.side === "customer") {
+        params.u_id = this.peerId;
+      } else {
+        customerId = o.customerId !== undefined && o.customerId !== null ? o.customerId : this.peerId;
+        if (customerId === null) {
+          var missing = chatError(402, "customerId is required to send from the inbox", 0, null);
+          missing.clientMsgId = clientMsgId;
+          return Promise.reject(missing);
+        }
+        params.customer_id = customerId;
+      }
+      var known = this._uploads.get(clientMsgId);
+      var uploaded = known ? Promise.resolve(known)
+        : this._upload(PATHS[this.side].upload, params, file, o.onProgress).then(function (data) {
+          if (!data || !data.attachment_id) {
+            throw chatError("bad_response", "服务器响应无法解析", 200, data);
+          }
+          self._uploads.set(clientMsgId, data);
+          if (self._uploads.size > UPLOADS_REMEMBERED) self._uploads.delete(self._uploads.keys().next().value);
+          return data;
+        }, function (err) {
+          err.clientMsgId = clientMsgId;
+          self._report(err);
+          throw err;
+        });
+      return uploaded.then(function (data) {
+        if (typeof o.onUploaded === "function") {
+          try {
+            o.onUploaded(data);
+          } catch (e) {
+            self._report(e);
+          }
+        }
+        var content = { info_type: data.kind === "video" ? 5 : 4, attachment_id: data.attachment_id };
+        return self.send(content, { customerId: customerId, clientMsgId: clientMsgId, retries: o.retries })
+          .then(function (res) {
+            self._uploads.delete(clientMsgId);
+            return { id: res.id, dateTime: res.dateTime, upload: data };
+          });
+      });
+    };
+
+    /**
+     * One signed multipart upload (a part named `file`) with XMLHttpRequest, for
+     * its upload progress events. Resolves with the envelope's data; rejects like
+     * _request. Fails when no byte moves for UPLOAD_IDLE_TIMEOUT_MS.
+     */
+    proto._upload = function (path, params, file, onProgress, isRetry) {
+      var self = this;
+      var XHR = this._XHR;
+      if (!XHR) return Promise.reject(chatError("network", "XMLHttpRequest is not available", 0));
+      if (typeof FormData !== "function") return Promise.reject(chatError("network", "FormData is not available", 0));
+      var form = new FormData();
+      if (file && typeof file.name === "string" && file.name) form.append("file", file, file.name);
+      else form.append("file", file);
+      var startedAt = Date.now();
+      var url = this.signedUrl(path, params);
+
+      return new Promise(function (resolve, reject) {
+        var xhr = new XHR();
+        var settled = false;
+        var timer = null;
+        function finish(fn, value) {
+          if (settled) return;
+          settled = true;
+          if (timer) clearTimeout(timer);
+          fn(value);
+        }
+        function idle() {
+          if (timer) clearTimeout(timer);
+          timer = setTimeout(function () {
+            try {
+              xhr.abort();
+            } catch (e) { /* ignore */ }
+            finish(reject, chatError("timeout", "请求超时", 0));
+          }, UPLOAD_IDLE_TIMEOUT_MS);
+        }
+        function progress(loaded, total) {
+          idle();
+          if (typeof onProgress !== "function") return;
+          try {
+            onProgress({ loaded: loaded, total: total });
+          } catch (e) {
+            self._report(e);
+          }
+        }
+        xhr.open("POST", url, true);
+        if (xhr.upload) {
+          xhr.upload.onprogress = function (ev) {
+            progress(ev.loaded, ev.lengthComputable ? ev.total : (file && file.size) || 0);
+          };
+        }
+        xhr.onprogress = idle; // the answer arriving
+        xhr.onerror = function () { finish(reject, chatError("network", "网络错误", 0)); };
+        xhr.onabort = function () { finish(reject, chatError("aborted", "请求已取消", 0)); };
+        xhr.ontimeout = xhr.onerror;
+        xhr.onload = function () {
+          var headers = { get: function (name) { return xhr.getResponseHeader(name); } };
+          var skewChanged = self._noteServerDate({ headers: headers }, startedAt);
+          var body = null;
+          try {
+            body = xhr.responseText ? JSON.parse(xhr.responseText) : null;
+          } catch (e) {
+            body = null;
+          }
+          var ok = xhr.status === 200;
+          if (body && typeof body === "object" && typeof body.code === "number") {
+            if (ok && body.code === 200) return finish(resolve, body.data);
+            if (ok && body.code === 400 && skewChanged && !isRetry) { // signed with a clock minutes off: once more
+              if (timer) clearTimeout(timer);
+              settled = true;
+              return self._upload(path, params, file, onProgress, true).then(resolve, reject);
+            }
+            var retryAfter = Number(headers.get("Retry-After"));
+            var err = chatError(ok ? body.code : xhr.status, body.msg, xhr.status, body.data);
+            if (retryAfter > 0) err.retryAfter = retryAfter;
+            return finish(reject, err);
+          }
+          finish(reject, chatError(ok ? "bad_response" : xhr.status || "network",
+            xhr.status === 413 ? "文件太大" : "服务器响应无法解析", xhr.status));
+        };
+        idle();
+        progress(0, (file && file.size) || 0);
+        try {
+          xhr.send(form);
+        } catch (e) {
+          finish(reject, chatError("network", (e && e.message) || "网络错误", 0));
+        }
       });
     };
 

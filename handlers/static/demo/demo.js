@@ -88,14 +88,48 @@
     return /^[¥￥$]/.test(s) ? s : "¥" + s;
   }
 
+  /** The full picture over the page; a tap (or Esc) closes it. */
   function openViewer(src) {
     var v = el("div", "viewer");
+    v.setAttribute("data-testid", "viewer");
+    v.setAttribute("role", "dialog");
+    v.setAttribute("aria-label", "查看图片");
     var img = el("img");
+    img.alt = "图片";
     img.src = src;
+    img.onerror = function () { if (img.parentNode) v.replaceChild(el("div", "broken", "图片加载失败"), img); };
     v.appendChild(img);
-    v.onclick = function () { document.body.removeChild(v); };
+    function close() {
+      document.removeEventListener("keydown", onKey);
+      if (v.parentNode) v.parentNode.removeChild(v);
+    }
+    function onKey(ev) { if (ev.key === "Escape") close(); }
+    v.onclick = close;
+    document.addEventListener("keydown", onKey);
     document.body.appendChild(v);
   }
+
+  var MEDIA_MAX_W = 200, MEDIA_MAX_H = 260, MEDIA_MIN = 60;
+
+  /** The box of a picture/video bubble from its width/height: at most 200×260, aspect ratio kept. */
+  function mediaBox(width, height) {
+    var w = Number(width), h = Number(height);
+    if (!(w > 0 && h > 0)) return null;
+    var scale = Math.min(1, MEDIA_MAX_W / w, MEDIA_MAX_H / h);
+    // a very long strip is cropped (object-fit: cover) rather than drawn a few pixels thin
+    return { width: Math.max(MEDIA_MIN, Math.round(w * scale)), height: Math.max(MEDIA_MIN, Math.round(h * scale)) };
+  }
+
+  function sizeMedia(node, item) {
+    var box = mediaBox(item.width, item.height);
+    if (!box) return;
+    node.style.width = box.width + "px";
+    node.style.height = box.height + "px";
+    node.classList.add("sized");
+  }
+
+  /** Local previews (blob: URLs) of the pictures this page is sending, by draft item: never from message data. */
+  var localPreviews = new WeakMap();
 
   function cardShell(kind, iconText, title, sub, foot, href) {
     var bubble = el("div", "bubble card " + kind);
@@ -143,22 +177,33 @@
       bubble = cardShell("contact-req", el("div", "icon", "📱"),
         (typeof item.msg === "string" && item.msg.trim()) ? item.msg : (mine ? "我想获取您的联系方式" : "对方想获取您的联系方式"),
         el("div", "card-sub", "电话 / 微信"), null, null);
-    } else if (type === 4 && (src = safeUrl(item.url))) {
+    } else if (type === 4 && (src = localPreviews.get(item) || safeUrl(item.thumbnail_url) || safeUrl(item.url))) {
+      // the thumbnail in the bubble, its box reserved from width/height so the list does not jump;
+      // a tap opens the full picture (url). Old messages carry only url: shown as they load.
       bubble = el("div", "bubble media");
+      var full = localPreviews.get(item) || safeUrl(item.url) || src;
       var img = el("img");
       img.alt = "图片";
+      img.setAttribute("data-testid", "picture");
+      sizeMedia(img, item);
       img.src = src;
       img.onload = onMediaLoad;
-      img.onerror = function () { bubble.replaceChild(el("div", "broken", "图片加载失败"), img); };
-      img.onclick = function () { openViewer(src); };
+      img.onerror = function () {
+        if (img.parentNode === bubble) bubble.replaceChild(el("div", "broken", "图片加载失败"), img);
+      };
+      img.onclick = function () { openViewer(full); };
       bubble.appendChild(img);
-    } else if (type === 5 && (src = safeUrl(item.url))) {
+    } else if (type === 5 && (src = localPreviews.get(item) || safeUrl(item.url))) {
       bubble = el("div", "bubble media");
       var video = el("video");
+      video.setAttribute("data-testid", "video");
       video.controls = true;
       video.preload = "metadata";
       video.setAttribute("playsinline", "");
       video.setAttribute("webkit-playsinline", "");
+      var poster = safeUrl(item.thumbnail_url);
+      if (poster) video.poster = poster;
+      sizeMedia(video, item);
       video.src = src;
       video.onloadedmetadata = onMediaLoad;
       bubble.appendChild(video);
@@ -175,7 +220,10 @@
     return bubble;
   }
 
+  /** What a pending send and its message coming back through the poll have in common (null: nothing yet). */
   function contentKey(c) {
+    if (typeof c.attachment_id === "string" && c.attachment_id) return JSON.stringify(["attachment", c.attachment_id]);
+    if (c.attachment_id === null && "attachment_id" in c) return null; // an upload still under way
     return JSON.stringify([Number(c.info_type), c.msg || "", c.url || "", c.product_name || ""]);
   }
 
@@ -335,7 +383,8 @@
           ownArrived = true;
           for (var i = 0; i < list.pendings.length; i++) {
             var p = list.pendings[i];
-            if (p.id === null && contentKey(p.content) === contentKey(item)) {
+            var pendingKey = contentKey(p.content);
+            if (p.id === null && pendingKey !== null && pendingKey === contentKey(item)) {
               p.id = key;
               setBlockIdOf(p.block, key, item.dateTime);
               if (hooks.ownMatched) hooks.ownMatched(p, item);
@@ -368,6 +417,7 @@
       var p = { content: content, clientMsgId: LeidaChat.newClientMsgId(), id: null, failed: false, block: null };
       var draft = { id: null, send_type: hooks.mineType, dateTime: null };
       Object.keys(content).forEach(function (k) { draft[k] = content[k]; });
+      if (hooks.draft) hooks.draft(draft); // e.g. a local preview of a picture being uploaded
       p.block = hooks.build(draft);
       list.pendings.push(p);
       place(p.block);
@@ -381,9 +431,12 @@
       status.textContent = "";
       var spin = el("span", "spin");
       status.appendChild(spin);
+      var oldError = p.block.querySelector("[data-testid=send-error]");
+      if (oldError) p.block.removeChild(oldError);
       p.failed = false;
       hooks.send(p).then(function (res) {
         if (spin.parentNode) status.removeChild(spin);
+        if (hooks.done) hooks.done(p);
         var i = list.pendings.indexOf(p);
         if (i >= 0) list.pendings.splice(i, 1);
         if (hooks.stillShown && !hooks.stillShown()) return;
@@ -404,12 +457,111 @@
         retry.title = "发送失败，点击重发";
         retry.onclick = function () { attempt(p, hooks); };
         status.appendChild(retry);
+        if (hooks.done) hooks.done(p);
+        var why = hooks.errorText ? hooks.errorText(err) : "";
+        if (why) { // the server's own words, under the bubble (textContent)
+          var line = el("div", "send-error", why);
+          line.setAttribute("data-testid", "send-error");
+          p.block.appendChild(line);
+          toast(why);
+          return;
+        }
         toast(err.code === 402 ? "消息内容不符合要求" : err.code === 400 ? "身份验证失败，请刷新页面" : "发送失败，点击红色感叹号重发");
+      });
+    }
+
+    /**
+     * Send a picture or video chosen in a file input: shown at once as a pending
+     * bubble (a local preview of its real size, with the upload's progress over
+     * it), then uploaded and sent by hooks.sendFile(p, file, opts) -> promise
+     * (opts carries onProgress and onUploaded for LeidaChat.sendFile). A refused
+     * file shows the server's reason under the bubble. Other hooks as for sendPending.
+     */
+    function sendFilePending(file, hooks) {
+      var video = /^video\//i.test(file.type || "");
+      var preview = null;
+      try {
+        preview = URL.createObjectURL(file);
+      } catch (e) { preview = null; }
+      measure(preview, video).then(function (size) {
+        if (hooks.stillShown && !hooks.stillShown()) { // another conversation was opened meanwhile: send it unseen
+          hooks.sendFile({ clientMsgId: LeidaChat.newClientMsgId() }, file, {}).then(null, function (err) {
+            toast(LeidaChat.uploadErrorText(err));
+          });
+          return;
+        }
+        var content = { info_type: video ? 5 : 4, attachment_id: null };
+        var progress = null;
+        sendPending(content, {
+          mineType: hooks.mineType,
+          build: hooks.build,
+          stillShown: hooks.stillShown,
+          stored: hooks.stored,
+          draft: function (draft) {
+            if (size) {
+              draft.width = size.width;
+              draft.height = size.height;
+              localPreviews.set(draft, preview);
+            }
+          },
+          send: function (p) {
+            var bubble = p.block.querySelector(".bubble");
+            if (progress && progress.parentNode) progress.parentNode.removeChild(progress);
+            progress = el("div", "upload-progress");
+            progress.setAttribute("data-testid", "progress");
+            var bar = el("span", "bar");
+            var pct = el("span", "pct", "0%");
+            progress.appendChild(bar);
+            progress.appendChild(pct);
+            bubble.appendChild(progress);
+            return hooks.sendFile(p, file, {
+              onProgress: function (ev) {
+                var f = ev.total > 0 ? Math.min(1, ev.loaded / ev.total) : 0;
+                pct.textContent = Math.floor(f * 100) + "%";
+                bar.style.width = (f * 100).toFixed(1) + "%";
+              },
+              onUploaded: function (upload) {
+                p.content = { info_type: upload.kind === "video" ? 5 : 4, attachment_id: upload.attachment_id };
+                pct.textContent = "100%";
+                bar.style.width = "100%";
+              },
+            });
+          },
+          done: function () {
+            if (progress && progress.parentNode) progress.parentNode.removeChild(progress);
+            progress = null;
+          },
+          errorText: function (err) { return LeidaChat.uploadErrorText(err); },
+        });
+      });
+    }
+
+    /** The natural size of a local picture/video, or null (not one the browser can show). */
+    function measure(url, video) {
+      return new Promise(function (resolve) {
+        if (!url) return resolve(null);
+        var node = video ? el("video") : el("img");
+        var timer = setTimeout(function () { resolve(null); }, 3000);
+        function done(size) { clearTimeout(timer); resolve(size); }
+        node.onerror = function () { done(null); };
+        if (video) {
+          node.preload = "metadata";
+          node.muted = true;
+          node.onloadedmetadata = function () {
+            done(node.videoWidth > 0 ? { width: node.videoWidth, height: node.videoHeight } : null);
+          };
+        } else {
+          node.onload = function () {
+            done(node.naturalWidth > 0 ? { width: node.naturalWidth, height: node.naturalHeight } : null);
+          };
+        }
+        node.src = url;
       });
     }
 
     listEl.addEventListener("scroll", function () { list.stick = nearBottom(); });
     list.sendPending = sendPending;
+    list.sendFilePending = sendFilePending;
     list.setBlockId = setBlockIdOf;
     list.clear = clear;
     list.addItems = addItems;
@@ -418,6 +570,22 @@
     list.onMediaLoad = onMediaLoad;
     list.place = place;
     return list;
+  }
+
+  /**
+   * The picture button of a composer: it opens the (hidden) file input; each
+   * chosen file goes to onFile(file). enabled() says whether sending is possible now.
+   */
+  function filePicker(button, fileInput, enabled, onFile) {
+    button.addEventListener("click", function () {
+      if (enabled()) fileInput.click();
+    });
+    fileInput.addEventListener("change", function () {
+      var files = Array.prototype.slice.call(fileInput.files || []);
+      fileInput.value = ""; // the same file may be chosen again
+      if (!enabled()) return;
+      files.forEach(onFile);
+    });
   }
 
   root.LeidaDemo = {
@@ -433,6 +601,8 @@
     formatTime: formatTime,
     formatPrice: formatPrice,
     openViewer: openViewer,
+    mediaBox: mediaBox,
+    filePicker: filePicker,
     cardShell: cardShell,
     renderBubble: renderBubble,
     contentKey: contentKey,
