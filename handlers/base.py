@@ -237,7 +237,7 @@ class ApiHandler(RequestHandler):
             error = HTTPError(503, reason=f"{error}: retry later")
         if status_code == 503:
             self.set_header("Retry-After", RETRY_AFTER_SECONDS)
-        reason = (error.reason if isinstance(error, HTTPError) and error.reason else None) or \
+        reason = (error.reason if isinstance(error, HTTPError) and error.reason else None) or self._reason or \
             httputil.responses.get(status_code, "Unknown")
         self.reply(reason, {}, code=status_code)
 

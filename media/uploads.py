@@ -151,26 +151,25 @@ class UploadReceiver:
             self.file_parts += 1
             if self.file_parts == 1:
                 self._file = open(self.path, "xb")
+        elif b"filename" in options:
+            self._part_name = None  # a file under another name: dropped, and "file" is still missing
+        else:
+            self.fields.setdefault(name, []).append(b"")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         piece = data[start:end]
         if self._part_is_file:
-            if self.file_parts > 1:
-                return  # refused at finish; nothing of a second file is kept
-            self._file_data(piece)
+            if self.file_parts == 1:  # a second file is refused at finish; nothing of it is kept
+                self._file_data(piece)
+            return
+        if self._part_name is None:
             return
         self._field_bytes += len(piece)
         if self._field_bytes > MAX_FIELD_BYTES:
             self._problem = UploadRefused(self._part_name or "form", "the form's other fields are too long",
                                           "max_length")
             return
-        values = self.fields.setdefault(self._part_name or "", [])
-        if not values or self._part_name_ended:
-            values.append(b"")
-            self._part_name_ended = False
-        values[-1] += piece
-
-    _part_name_ended = True
+        self.fields[self._part_name][-1] += piece
 
     def _file_data(self, piece: bytes) -> None:
         assert self._file is not None

@@ -94,6 +94,14 @@ class Api:
         assert body["code"] == 200, body
         return body["data"]["chatinfo_count"]
 
+    async def upload(self, account: Account, body: bytes, content_type: str, *, side: str = "customer",
+                     **query: Any) -> tuple[int, dict]:
+        """(HTTP status, envelope) of an upload: ``side`` "customer" (query ``u_id``) or "radar" (``customer_id``)."""
+        prefix = self.CUSTOMER if side == "customer" else self.RADAR
+        response = await self.raw("POST", self.url(f"{prefix}/chat/upload/0", account, query), body,
+                                  headers={"Content-Type": content_type})
+        return response.code, ujson.loads(response.body)
+
     # -- radar-user side ------------------------------------------------------
 
     async def radar_send(self, user: Account, customer_id: int, content: Any, **form: Any) -> dict:

@@ -10,7 +10,7 @@ from conftest import text
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}")
 
 GETMSG_KEYS = {
-    "id", "customer_id", "user_id", "user_avator", "customer_headimgurl", "customer",
+    "id", "customer_id", "user_id", "user_avator", "user_avatar", "customer_headimgurl", "customer",
     "dateTime", "send_type", "is_first_info", "info_type", "msg",
 }
 

@@ -189,8 +189,8 @@ def test_a_picture_from_the_customer_shows_on_the_radar_console_and_opens_full_s
     box = assert_aspect(theirs, 1200, 800)  # the box is reserved from width/height, before it loads
     expect_loaded(theirs)
     assert theirs.bounding_box() == box  # loading did not change it
-    thumbnail = theirs.get_attribute("src")
-    assert thumbnail and thumbnail.startswith("http"), thumbnail
+    thumbnail = theirs.get_attribute("src") or ""
+    assert thumbnail.startswith("http") and "/thumbnail?" in thumbnail, thumbnail  # thumbnail_url, not url
     expect(radar.locator("[data-testid=contact][data-customer-id='1'] .c-preview")).to_have_text("[图片]")
     customer.wait_for_timeout(300)
     screenshot(customer, "customer-picture")
@@ -202,6 +202,7 @@ def test_a_picture_from_the_customer_shows_on_the_radar_console_and_opens_full_s
     full = viewer.locator("img")
     expect_loaded(full)
     assert full.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [1200, 800]  # the picture itself
+    assert "/thumbnail" not in (full.get_attribute("src") or "")
     screenshot(radar, "radar-picture-viewer")
     viewer.click()
     expect(viewer).to_have_count(0)
