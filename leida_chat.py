@@ -30,8 +30,7 @@ from tornado.netutil import bind_sockets
 from tornado.process import fork_processes
 
 from handlers import ApiSettings, ChatHTTPServer, make_app, metrics_app
-from media import KEY_NAME as MEDIA_URL_KEY
-from media import SWEEP_SECONDS, Media, MediaSettings
+from handlers.media import attachment_links
 from leida_config import (
     Config,
     ConfigError,
@@ -41,9 +40,12 @@ from leida_config import (
     cors_origins,
     database_location,
     load_config,
+    media_directory,
     webhook_settings,
     worker_count,
 )
+from media import KEY_NAME as MEDIA_URL_KEY
+from media import SWEEP_SECONDS, Media, MediaSettings
 from storage import FROM_RADAR_USER, ChatStore, is_postgres, sqlite_path
 from storage.backup import backup
 from storage.outbox import iso_utc
@@ -201,6 +203,7 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
         raise
     webhooks = webhook_settings(config)
     sender = None
+    store.outbox.attachment_links = attachment_links(media, None, None)
     if webhooks is not None:
         store.watch_unread(webhooks.unread_after_seconds)
         sender = WebhookSender(store.outbox, webhooks)
@@ -273,7 +276,7 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
 
 async def open_media(config: Config, store: ChatStore) -> Media:
     """The media room on the store ``media.store`` names, with the URL key every process shares."""
-    settings = MediaSettings.from_config(config["media"])
+    settings = MediaSettings.from_config({**config["media"], "directory": media_directory(config)})
     media = await Media.open(settings, await store.server_key(MEDIA_URL_KEY))
     log.info("media: %s store at %s", media.store.name, media.store.describe())
     return media

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from storage.store import SQLITE_SCHEME, is_postgres
+from storage.store import SQLITE_SCHEME, is_postgres, sqlite_path
 from webhooks import SecretError, WebhookSettings, parse_secrets
 
 #: the file a checkout ships, used when the working directory has no config.toml of its own
@@ -58,7 +58,8 @@ DEFAULTS: Config = {
     "metrics": {"host": "127.0.0.1", "port": 9480},
     # offline notifications: url empty = off; secret is whsec_<base64> (several, space-separated, to rotate)
     # pictures and videos (media/): where they are kept, what is accepted, how long their URLs work
-    "media": {"store": "local", "directory": "data/media", "max_image_bytes": 10 * 1024 * 1024,
+    # directory empty: media/ beside the SQLite file (data/media by default), or data/media on PostgreSQL
+    "media": {"store": "local", "directory": "", "max_image_bytes": 10 * 1024 * 1024,
               "max_video_bytes": 50 * 1024 * 1024, "max_image_pixels": 50_000_000, "max_frames": 500,
               "workers": 2, "url_ttl_seconds": 7 * 24 * 3600, "unclaimed_hours": 24.0, "upload_timeout": 600.0,
               "base_url": "", "s3_endpoint": "", "s3_bucket": "", "s3_region": "us-east-1",
@@ -246,6 +247,17 @@ def webhook_settings(config: Config) -> WebhookSettings | None:
                           "(LEIDA_WEBHOOK_SECRET)")
     return WebhookSettings(webhook["url"], keys, webhook["unread_after_seconds"], webhook["timeout_seconds"],
                            retry_seconds)
+
+
+def media_directory(config: Config) -> Path:
+    """``media.directory``, or else ``media/`` beside the SQLite file (``data/media`` for the
+    default database, and on PostgreSQL)."""
+    if config["media"]["directory"]:
+        return Path(config["media"]["directory"])
+    location = database_location(config)
+    if is_postgres(location):
+        return Path("data/media")
+    return sqlite_path(location).parent / "media"
 
 
 def database_location(config: Config) -> str:

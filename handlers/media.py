@@ -33,12 +33,13 @@ EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "imag
               "video/mp4": "mp4", "video/quicktime": "mov", "video/webm": "webm"}
 
 
-def attachment_links(media: Media | None, protocol: str, host: str) -> AttachmentLinks | None:
+def attachment_links(media: Media | None, protocol: str | None, host: str | None) -> AttachmentLinks | None:
     """The signer of upload URLs for items rendered in one answer: absolute URLs (the pages
-    live on other origins), starting with ``media.base_url`` or else this request's own."""
+    live on other origins), starting with ``media.base_url`` or else this request's own
+    (no request, as for webhooks: ``media.base_url``, else paths from the server's root)."""
     if media is None:
         return None
-    base = media.settings.base_url.rstrip("/") or f"{protocol}://{host}"
+    base = media.settings.base_url.rstrip("/") or (f"{protocol}://{host}" if host else "")
     links = media.links
 
     def sign(attachment_id: str, has_thumbnail: bool) -> tuple[str, str | None]:

@@ -130,7 +130,14 @@ WATCH_UNREAD = (
 # -- scripts ------------------------------------------------------------------------
 
 
-def promote_due(now: float, unread_after: float, postgres: bool, first_attempt_at: float) -> Script[int]:
+#: (attachment_id, has a thumbnail) -> (url, thumbnail_url): the media room's signed URLs (media/links.py)
+AttachmentLinks = Callable[[str, bool], tuple[str, str | None]]
+#: what an event tells of a picture or video it previews, besides its URLs
+ATTACHMENT_PREVIEW_KEYS = ("attachment_id", "content_type", "size", "width", "height", "duration")
+
+
+def promote_due(now: float, unread_after: float, postgres: bool, first_attempt_at: float,
+                links: AttachmentLinks | None = None) -> Script[int]:
     """Turn at most BATCH watches due at ``now`` into events (or clear them), each to be sent
     first at ``first_attempt_at``; returns how many watches it looked at (BATCH: there may be more).
 
@@ -171,20 +178,20 @@ def promote_due(now: float, unread_after: float, postgres: bool, first_attempt_a
             (*key, read_id),
         )
         event_type = EVENT_TYPES[send_type]
-        body = ujson.dumps({
-            "type": event_type,
-            "timestamp": iso_utc(now),
-            "data": {
-                "user_id": user_id,
-                "customer_id": customer_id,
-                "message_ids": [row[0] for row in unannounced],
-                "unread_count": unread_count,
-                "first_unread_at": iso_utc(first_at),
-                "preview": preview(ujson.loads(unannounced[0][1])),
-                "customer_name": customer_name,
-                "user_name": user_name,
-            },
-        }, ensure_ascii=False)
+        first_content = ujson.loads(unannounced[0][1])
+        data = {
+            "user_id": user_id,
+            "customer_id": customer_id,
+            "message_ids": [row[0] for row in unannounced],
+            "unread_count": unread_count,
+            "first_unread_at": iso_utc(first_at),
+            "preview": preview(first_content),
+            "customer_name": customer_name,
+            "user_name": user_name,
+        }
+        if links is not None and isinstance(first_content.get("attachment_id"), str):
+            data["attachment"] = attachment_preview(first_content, links)
+        body = ujson.dumps({"type": event_type, "timestamp": iso_utc(now), "data": data}, ensure_ascii=False)
         yield (
             "INSERT INTO webhook_event (id, type, user_id, customer_id, body, created_at, status, next_attempt_at)"
             " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
@@ -295,6 +302,13 @@ def iso_utc(unix_time: float) -> str:
     return datetime.fromtimestamp(unix_time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def attachment_preview(content: dict[str, Any], links: AttachmentLinks) -> dict[str, Any]:
+    """A previewed picture or video as the chat's items show it: its signed URLs and what is known of it."""
+    url, thumbnail_url = links(content["attachment_id"], bool(content.get("thumbnail")))
+    return {"url": url, "thumbnail_url": thumbnail_url,
+            **{key: content[key] for key in ATTACHMENT_PREVIEW_KEYS if key in content}}
+
+
 def preview(content: dict[str, Any]) -> str:
     """The message's text, or a label for what it is, at most PREVIEW_CHARS characters."""
     info_type = info_type_number(content.get("info_type"))
@@ -319,6 +333,8 @@ class Outbox:
         self._write = write
         self._fetch = fetch
         self._postgres = postgres
+        #: set once the media room is open: events that preview an upload carry its URLs
+        self.attachment_links: AttachmentLinks | None = None
 
     async def anything_due(self, now: float) -> tuple[bool, bool]:
         """(a watch is due, an event is due)."""
@@ -326,7 +342,8 @@ class Outbox:
         return bool(watches), bool(events)
 
     async def promote_due(self, now: float, unread_after: float, first_attempt_at: float) -> int:
-        return int(await self._write(promote_due(now, unread_after, self._postgres, first_attempt_at)))
+        return int(await self._write(promote_due(now, unread_after, self._postgres, first_attempt_at,
+                                                 self.attachment_links)))
 
     async def claim(self, now: float, lease_seconds: float, limit: int) -> list[WebhookEvent]:
         return list(await self._write(claim(now, lease_seconds, limit, self._postgres)))

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import ujson
-from media_files import GPS_LATITUDE, exif_of, gif, heic, jpeg, multipart, png, png_header_only, video
+from media_files import exif_of, gif, heic, jpeg, multipart, png, png_header_only, video
 from PIL import Image
 
 from conftest import Account, text
