@@ -666,10 +666,10 @@ def report(results: dict[str, Any]) -> None:
         part = results["chat"]
         print_columns(f"uploads: the chat beside {part['uploaders']} uploaders of {part['photo_mb']} MB photos "
                       f"(load {part['loadavg_start']} -> {part['loadavg_end']})",
-                      ["round", "uploads", "delivered", "p50 ms", "p90 ms", "p99 ms", "max ms", "server CPU %",
+                      ["round", "uploads", "held", "rate/s", "delivered", "p50 ms", "p90 ms", "p99 ms", "max ms", "server CPU %",
                        "uploads/s", "upload MB/s", "load start", "load end"],
-                      [[phase["round"], "with" if phase["uploads"] else "without",
-                        f"{phase['delivered']}/{phase['replies']}", phase["p50_ms"], phase["p90_ms"], phase["p99_ms"],
+                      [[phase["round"], "with" if phase["uploads"] else "without", phase["held"],
+                        phase["rate_achieved"], f"{phase['delivered']}/{phase['replies']}", phase["p50_ms"], phase["p90_ms"], phase["p99_ms"],
                         phase["max_ms"], phase["server_cpu_percent"], phase["uploads_per_s"],
                         phase["upload_mb_per_s"], phase["loadavg_start"], phase["loadavg_end"]]
                        for phase in part["phases"]])

@@ -218,3 +218,20 @@ def test_an_unread_picture_raises_an_event_that_carries_its_urls(tmp_path, start
     # served by the URL the event carries (the host is the deployment's; the path is this server's)
     status, _, body = get(server.port, local_path(attachment["url"]))
     assert status == 200 and len(body) == uploaded["size"]
+
+
+def test_uploads_are_counted_by_type_and_outcome(tmp_path, start_server):
+    from test_metrics import scrape, value
+
+    db = str(tmp_path / "chat.db")
+    user, (customer,) = accounts(tmp_path, db)
+    server = start_server(*serve_args(tmp_path), env=clean_env(LEIDA_MEDIA_MAX_IMAGE_BYTES="100000"))
+    stored = upload(server.port, customer, jpeg(), peer=user.id)[1]["data"]
+    upload(server.port, customer, b"<svg xmlns='http://www.w3.org/2000/svg'/>", peer=user.id)
+    upload(server.port, customer, jpeg(64, 64) + b"\0" * 100_001, peer=user.id)
+    metrics = scrape(server.metrics_port)
+    assert value(metrics, "leida_uploads_total", type="image", outcome="stored") == 1
+    assert value(metrics, "leida_uploads_total", type="unknown", outcome="refused") == 1
+    assert value(metrics, "leida_uploads_total", type="unknown", outcome="too_large") == 1
+    assert value(metrics, "leida_upload_bytes_total") == stored["size"]
+    assert value(metrics, "leida_upload_processing_seconds_count") == 2

@@ -281,3 +281,48 @@ def test_send_file_reports_progress_and_a_retry_with_the_same_client_msg_id_is_s
     assert result["refused"]["code"] not in (200, "network"), result["refused"]
     assert result["refused"]["msg"] and result["refused"]["text"], result["refused"]
 
+
+
+def test_an_iphone_heic_photo_and_a_20_mb_video_go_through_the_customer_page(browser, demo_server, tmp_path):
+    """What a customer sends from an iPhone: a HEIC photo (stored as JPEG, which the
+    console shows) and a 20 MB video (kept as it is, with a poster frame)."""
+    import shutil
+    import subprocess
+
+    from pillow_heif import from_pillow
+    from PIL import Image
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    heic = tmp_path / "IMG_0042.HEIC"
+    from_pillow(Image.open(make_picture(tmp_path / "source.png", 1000, 750))).save(heic)
+    clip = tmp_path / "IMG_0043.MP4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=25:duration=8",
+                    "-f", "lavfi", "-i", "nullsrc=s=640x360:d=8", "-filter_complex", "[0][1]blend=all_mode=difference,noise=alls=60:allf=t",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "20M", "-minrate", "20M", "-maxrate", "20M",
+                    "-bufsize", "20M", "-pix_fmt", "yuv420p", str(clip)], check=True, timeout=120)
+    assert clip.stat().st_size >= 18 * 1024 * 1024, clip.stat().st_size
+    errors: list[str] = []
+    customer, radar = open_pages(browser, demo_server.base)
+    for page in (customer, radar):
+        page.on("pageerror", lambda error: errors.append(str(error)))
+    expect_message(radar, "很高兴为您服务", timeout_ms=5000)
+
+    customer.locator("[data-testid=file-input]").set_input_files(str(heic))
+    photo = picture_in(radar)
+    expect(photo).to_have_count(1, timeout=15_000)
+    assert_aspect(photo, 1000, 750)
+    expect_loaded(photo)  # a JPEG thumbnail of the HEIC, which Chromium could not show itself
+
+    customer.locator("[data-testid=file-input]").set_input_files(str(clip))
+    video = radar.locator("[data-testid=messages] [data-testid=video]")
+    expect(video).to_have_count(1, timeout=60_000)
+    assert "/media/" in (video.get_attribute("src") or "")
+    assert "/thumbnail?" in (video.get_attribute("poster") or "")  # ffmpeg's poster frame
+    box = video.bounding_box()
+    assert box is not None and box["width"] / box["height"] == pytest.approx(640 / 360, rel=0.02)
+    sent = customer.locator("[data-testid=message]", has=customer.locator("[data-testid=video]")).last
+    expect(sent).not_to_have_attribute("data-id", "", timeout=10_000)
+    radar.wait_for_timeout(500)
+    screenshot(radar, "radar-heic-and-video")
+    assert errors == []
