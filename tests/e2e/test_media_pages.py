@@ -289,8 +289,8 @@ def test_an_iphone_heic_photo_and_a_20_mb_video_go_through_the_customer_page(bro
     import shutil
     import subprocess
 
-    from pillow_heif import from_pillow
     from PIL import Image
+    from pillow_heif import from_pillow
 
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
