@@ -85,6 +85,17 @@ def accounts(cwd: Path, database: str, customers: int = 1,
     return user, [cli_account(cwd, "add-customer", "--db", database, "--name", name) for name in names]
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within ``timeout`` (a helper server at teardown)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from live import free_port
+from live import free_port, stop_process
 
 NGINX = os.environ.get("LEIDA_NGINX", shutil.which("nginx") or "/usr/sbin/nginx")
 START_TIMEOUT = 10.0
@@ -71,12 +71,7 @@ class Nginx:
         return "\n".join(p.read_text(errors="replace") for p in parts if p.exists())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log_file.close()
 
 

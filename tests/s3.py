@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from live import free_port
+from live import free_port, stop_process
 
 START_TIMEOUT = 20.0
 REGION = "us-east-1"
@@ -111,13 +111,7 @@ class S3Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
         self._log_file.close()
 
 
