@@ -102,7 +102,13 @@ def process_upload(source: Path, limits: Limits) -> Processed:
         return _video(source, head, limits)
     if source.stat().st_size > limits.max_image_bytes:
         raise Refused(f"a picture may be at most {limits.max_image_bytes} bytes", "max_size")
-    return _image(source, limits)
+    try:
+        return _image(source, limits)
+    except (Refused, MemoryError):
+        raise
+    except Exception as error:  # whatever a decoder makes of hostile bytes: the file's fault, never a 500
+        log.info("picture refused, its decoder failed: %s: %s", type(error).__name__, error)
+        raise Refused("the picture is damaged or truncated", "damaged") from None
 
 
 # -- pictures ---------------------------------------------------------------------
@@ -126,20 +132,15 @@ def _image(source: Path, limits: Limits) -> Processed:
             raise Refused(f"a picture may have at most {limits.max_image_pixels} pixels "
                           f"(this one is {width} x {height})", "max_pixels")
         frames = _frame_count(image, limits)
-        if frames * width * height > limits.max_image_pixels:
-            raise Refused(f"an animated picture may have at most {limits.max_image_pixels} pixels in all its "
-                          f"frames (this one has {frames} frames of {width} x {height})", "max_pixels")
-        try:
-            return _rewrite(image, fmt, frames, source)
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            log.debug("picture refused while decoding: %s", error)
-            raise Refused("the picture is damaged or truncated", "damaged") from None
+        return _rewrite(image, fmt, frames, source)
 
 
 def _frame_count(image: Image.Image, limits: Limits) -> int:
-    """Frames counted from the headers, stopping past the budget (a GIF's count needs a walk)."""
+    """Frames counted from the headers, stopping as soon as the count or the pixels of all
+    frames pass their budget (a GIF's count needs a walk, which must not decode a bomb)."""
     if not getattr(image, "is_animated", False):
         return 1
+    width, height = image.size
     frames = 0
     try:
         while True:
@@ -147,6 +148,10 @@ def _frame_count(image: Image.Image, limits: Limits) -> int:
             frames += 1
             if frames > limits.max_frames:
                 raise Refused(f"an animated picture may have at most {limits.max_frames} frames", "max_frames")
+            if frames * width * height > limits.max_image_pixels:
+                raise Refused(f"an animated picture may have at most {limits.max_image_pixels} pixels in all its "
+                              f"frames (this one has more than {frames - 1} frames of {width} x {height})",
+                              "max_pixels")
     except EOFError:
         pass
     image.seek(0)

@@ -209,10 +209,10 @@ def clean_temporaries(directory: Path, now: float | None = None) -> int:
     now = time.time() if now is None else now
     host = socket.gethostname()
     removed = 0
-    for path in directory.glob(f"*{SUFFIX}*"):
-        made_by_host, _, rest = path.name.rpartition(SUFFIX)[0].rpartition("-")[0].rpartition("-")
-        pid_text = path.name.rpartition(SUFFIX)[0].rsplit("-", 2)[1] if path.name.count("-") >= 2 else ""
-        ours = path.name.startswith(host + "-")
+    for path in directory.glob(f"*{SUFFIX}*"):  # uploads, and the files processing made beside them
+        made_by = path.name.rpartition(SUFFIX)[0].rsplit("-", 2)  # host, pid, random
+        ours = len(made_by) == 3 and made_by[0] == host
+        pid_text = made_by[1] if ours else ""
         try:
             stale = now - path.stat().st_mtime > STALE_SECONDS
         except FileNotFoundError:
