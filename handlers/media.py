@@ -11,6 +11,7 @@ anything is looked up; a signed id that no longer exists is a 404.
 """
 from __future__ import annotations
 
+import errno
 import secrets
 import time
 from typing import Any
@@ -93,9 +94,7 @@ class UploadHandler(SignedHandler):
         self._body_rejected = True
         self._discard()
         self._count("unknown", outcome)
-        if status == 503:
-            self.set_header("Retry-After", 2)
-        self.send_error(status, reason=reason)
+        self.send_error(status, reason=reason)  # a 503 gets its Retry-After in write_error
 
     def _too_large_reason(self) -> str:
         settings = self.media.settings
@@ -139,7 +138,7 @@ class UploadHandler(SignedHandler):
         try:
             storage_key, thumbnail_key = await self.media.keep(processed, attachment_id)
         except OSError as error:
-            if error.errno is not None and error.errno in (28, 122):  # ENOSPC, EDQUOT
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._count(processed.kind, "no_space")
                 raise StorageFailing("storage is full", "storage_full") from None
             raise

@@ -14,3 +14,8 @@ UPLOAD_SECONDS = Histogram(
 
 def count_upload(kind: str, outcome: str) -> None:
     UPLOADS.labels(type=kind, outcome=outcome).inc()
+
+
+for _kind in ("image", "video", "unknown"):
+    for _outcome in ("stored", "refused", "too_large", "no_space", "aborted", "failed"):
+        UPLOADS.labels(type=_kind, outcome=_outcome)  # exported from the start, at 0, so a rate() has a base

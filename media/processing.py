@@ -15,6 +15,7 @@ the event loop.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -55,6 +56,10 @@ class Refused(ValueError):
     def __init__(self, message: str, code: str = "invalid") -> None:
         super().__init__(message)
         self.code = code
+
+
+class NoSpace(OSError):
+    """The disk holding temporary uploads is full (a 503: nothing was kept)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,11 @@ def process_upload(source: Path, limits: Limits) -> Processed:
         return _image(source, limits)
     except (Refused, MemoryError):
         raise
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(error.errno, "storage is full") from None
+        log.info("picture refused, its decoder failed: %s", error)
+        raise Refused("the picture is damaged or truncated", "damaged") from None
     except Exception as error:  # whatever a decoder makes of hostile bytes: the file's fault, never a 500
         log.info("picture refused, its decoder failed: %s: %s", type(error).__name__, error)
         raise Refused("the picture is damaged or truncated", "damaged") from None

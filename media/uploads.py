@@ -21,7 +21,7 @@ from typing import BinaryIO
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
-from .processing import sniff_kind
+from .processing import NoSpace, sniff_kind
 
 log = logging.getLogger("leida_chat.media")
 
@@ -47,10 +47,6 @@ class UploadRefused(ValueError):
 
 class UploadTooLarge(Exception):
     """The file passed its limit while streaming in (a 413)."""
-
-
-class NoSpace(OSError):
-    """The disk holding temporary uploads is full (a 503: nothing was kept)."""
 
 
 def temporary_name() -> str:

@@ -29,7 +29,8 @@ from s3 import CREDENTIALS, REGION, s3_bucket, s3_credentials, s3_server  # noqa
 
 
 def upload(port: int, account: Account, data: bytes, *, side: str = "customer", peer: int,
-           host_header: str | None = None) -> tuple[int, dict]:
+           headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """(status, envelope) of an upload; ``headers``, if given, is filled with the answer's."""
     body, content_type = multipart(("file", "photo.jpg", data))
     query = urlencode({**sign(account), ("u_id" if side == "customer" else "customer_id"): peer})
     prefix = CUSTOMER if side == "customer" else RADAR
@@ -37,6 +38,8 @@ def upload(port: int, account: Account, data: bytes, *, side: str = "customer", 
     try:
         conn.request("POST", f"{prefix}/chat/upload/0?{query}", body=body, headers={"Content-Type": content_type})
         response = conn.getresponse()
+        if headers is not None:
+            headers.update({name.lower(): value for name, value in response.getheaders()})
         return response.status, json.loads(response.read())
     finally:
         conn.close()
@@ -178,8 +181,11 @@ def test_a_full_disk_while_storing_is_a_503_and_leaves_nothing(tmp_path, start_s
     server = start_server(*serve_args(tmp_path), env=clean_env(LEIDA_MEDIA_DIRECTORY=str(media)))
     assert upload(server.port, customer, jpeg(), peer=user.id)[1]["code"] == 200
     fill(small_disk)
-    status, answer = upload(server.port, customer, jpeg(1600, 1600, colour=(1, 2, 3)) * 2, peer=user.id)
+    answered: dict[str, str] = {}
+    status, answer = upload(server.port, customer, jpeg(1600, 1600, colour=(1, 2, 3)) * 2, peer=user.id,
+                            headers=answered)
     assert status == 503 and answer["code"] == 503 and "full" in answer["msg"], answer
+    assert answered["retry-after"] == "2"
     assert list((media / "tmp").iterdir()) == []
     assert len(stored_files(media)) == 2  # the first upload and its thumbnail, nothing more
     (small_disk / "filler").unlink()
