@@ -30,7 +30,7 @@ server's media directory is deleted when it stops (its log and database stay,
 as the other benches leave theirs). Prints a table per part and one JSON line.
 The load average (/proc/loadavg) is recorded at the start and end of each part.
 
-    python bench/uploads.py                         # all three parts, ~4 minutes
+    python bench/uploads.py                         # all three parts, about 3 minutes
     python bench/uploads.py --quick                 # small counts: a smoke run in under a minute
     python bench/uploads.py --parts throughput --stores local
     python bench/uploads.py --parts chat --rounds 5 --waiters 10000 --replies 5000 --rate 500
@@ -335,14 +335,15 @@ def chat_server(args: argparse.Namespace, customers: int, env: dict[str, str] | 
     """A ChatServer whose media directory sits in its own temp dir (deleted by ``finish``)."""
     server = ChatServer(users=1, customers=customers, env=env, python=args.python, backend=args.backend,
                         processes=args.processes)
-    server.env["LEIDA_MEDIA_DIRECTORY"] = str(server.dir / "media")
+    media = Path(args.media_directory) / secrets.token_hex(4) if args.media_directory else server.dir / "media"
+    server.env["LEIDA_MEDIA_DIRECTORY"] = str(media)
     return server
 
 
 def finish(server: ChatServer) -> list[str]:
     """Stop the server, delete its media, and return its log's warnings and errors (at most 5 kinds)."""
     server.stop()
-    shutil.rmtree(server.dir / "media", ignore_errors=True)
+    shutil.rmtree(server.env["LEIDA_MEDIA_DIRECTORY"], ignore_errors=True)
     problems: dict[str, int] = {}
     log = server.dir / "server.log"
     for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
@@ -744,6 +745,8 @@ def main() -> None:
     parser.add_argument("--pace-mb", type=float, default=1.0, help="part 3: each client sends this much ...")
     parser.add_argument("--pace-ms", type=float, default=50.0, help="... every this many ms")
     parser.add_argument("--part-timeout", type=float, default=900, help="seconds any one part may take")
+    parser.add_argument("--media-directory", help="where the servers keep uploads (default: in each server's temp dir, on the database's disk); "
+                        "/dev/shm takes the disk's fsyncs out of the comparison")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the server")
     add_backend_arguments(parser)
     args = parser.parse_args()

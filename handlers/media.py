@@ -3,7 +3,7 @@
 ``UploadHandler`` is signed like every other route and streams the body into a
 temporary file as it arrives (never whole in memory), refusing it with 413 the
 moment it passes its limit; the file is then checked and converted on the media
-room's threads, stored, and recorded as an unclaimed attachment of the
+room's processes, stored, and recorded as an unclaimed attachment of the
 conversation, for a ``send_msg`` to use. ``MediaFileHandler`` serves
 ``/media/<id>`` and its thumbnail to anyone holding a URL the server signed (an
 ``<img>`` tag cannot sign a request): a bad or expired signature is a 403 before

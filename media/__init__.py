@@ -2,7 +2,7 @@
 
 ``Media`` is what the upload and download handlers use: the limits, a media
 store (``stores.LocalMediaStore`` or ``s3.S3MediaStore``, the same interface),
-the worker threads that check and convert uploads (``processing``), and the
+the worker processes that check and convert uploads (``processing``), and the
 signer of the URLs that pages fetch them by (``links``). Attachment records live
 in the database beside the messages (storage/media.py); neither the handlers
 nor storage know which store holds the bytes.
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,7 +80,7 @@ class Media:
         self.links = links
         self.temporary = settings.directory / "tmp"
         self.temporary.mkdir(parents=True, exist_ok=True)
-        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="leida-media")
+        self._pool: ProcessPoolExecutor | None = None  # started by the first upload
 
     @classmethod
     async def open(cls, settings: MediaSettings, url_key: str) -> Media:
@@ -98,15 +100,21 @@ class Media:
         return media
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         await self.store.close()
 
     def receiver(self, content_type: str) -> UploadReceiver:
         return UploadReceiver(content_type, self.temporary, self.settings.max_video_bytes, self.settings.max_image_bytes)
 
     async def process(self, upload: Path) -> Processed:
-        """Check and convert the upload on a worker thread (Refused if it is not acceptable)."""
+        """Check and convert the upload in a worker process (Refused if it is not acceptable). Processes,
+        not threads: a thread decoding a photo beside the event loop made delivery p99 5.9x slower
+        (bench/README.md, "Uploads"); they start with the first upload, at a lower CPU priority."""
         started = time.perf_counter()
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.settings.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_yield_to_the_chat)
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, process_upload, upload, self.settings.limits)
@@ -146,6 +154,21 @@ class Media:
         if removed:
             log.info("deleted %d unclaimed uploads older than %s hours", removed, self.settings.unclaimed_hours)
         return removed
+
+
+#: how much lower the media processes' CPU priority is than the chat's (``nice``): decoding a 12 MP
+#: photo takes a core for a quarter of a second, and the event loop must win that core whenever
+#: it has a delivery to make (bench/README.md, "Uploads")
+WORKER_NICENESS = 10
+
+
+def _yield_to_the_chat() -> None:
+    """Run in each media process as it starts: a lower CPU priority, which the ffprobe and
+    ffmpeg it starts inherit."""
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError:
+        log.debug("media processes run at the chat's own CPU priority here")
 
 
 __all__ = [

@@ -7,7 +7,7 @@ UPLOADS = Counter("leida_uploads", "Uploads by kind (image, video, unknown) and 
                   "too_large, no_space, aborted, failed)", ["type", "outcome"])
 UPLOAD_BYTES = Counter("leida_upload_bytes", "Bytes of uploaded files stored (after conversion, thumbnails apart)")
 UPLOAD_SECONDS = Histogram(
-    "leida_upload_processing_seconds", "Checking, converting and thumbnailing one upload, on the worker threads",
+    "leida_upload_processing_seconds", "Checking, converting and thumbnailing one upload, in the worker processes",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 

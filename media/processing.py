@@ -10,7 +10,7 @@ the image (a polyglot's HTML) dropped with it. HEIC/HEIF from iPhones is stored
 as JPEG, which every WeChat webview shows. Videos keep their bytes; ffmpeg, when
 installed, reads their size and duration and makes a poster frame.
 
-Everything here blocks: it runs on the media room's worker threads, never on
+Everything here blocks: it runs in the media room's worker processes, never on
 the event loop.
 """
 from __future__ import annotations
