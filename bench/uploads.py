@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import secrets
 import shutil
 import statistics
@@ -285,6 +286,8 @@ async def uploaders(port: int, customer: tuple[int, str], user_id: int, body: Bo
 async def uploader_child(spec: dict[str, Any]) -> None:
     """``--uploader-child``: uploaders until a line arrives on stdin (or count/time run out);
     prints ``started``, then the uploads as one JSON line."""
+    if spec.get("nice"):  # stands for clients on other machines: they do not take the server's cores first
+        os.nice(spec["nice"])
     body = file_body(Path(spec["file"]), spec["content_type"])
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -452,7 +455,7 @@ async def chat_phase(server: ChatServer, args: argparse.Namespace, photo: Path |
         child = await UploaderProcess().start({
             "port": server.port, "customer": list(uploader_account), "user_id": user_id, "file": str(photo),
             "content_type": "image/jpeg", "concurrency": args.chat_uploaders, "count": 10_000,
-            "seconds": args.replies / args.rate + 60})
+            "seconds": args.replies / args.rate + 60, "nice": args.uploader_nice})
         await asyncio.sleep(args.upload_lead_seconds)  # the uploads in full swing, processing included
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(args.send_connections):
@@ -745,6 +748,9 @@ def main() -> None:
     parser.add_argument("--pace-mb", type=float, default=1.0, help="part 3: each client sends this much ...")
     parser.add_argument("--pace-ms", type=float, default=50.0, help="... every this many ms")
     parser.add_argument("--part-timeout", type=float, default=900, help="seconds any one part may take")
+    parser.add_argument("--uploader-nice", type=int, default=0,
+                        help="part 2: niceness of the uploaders' process (10: as if the uploading phones were "
+                             "not on the server's 2 cores; the chat's load generator keeps 0)")
     parser.add_argument("--media-directory", help="where the servers keep uploads (default: in each server's temp dir, on the database's disk); "
                         "/dev/shm takes the disk's fsyncs out of the comparison")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the server")
