@@ -240,6 +240,8 @@ def _video(source: Path, head: bytes, limits: Limits) -> Processed:
     if size > limits.max_video_bytes:
         raise Refused(f"a video may be at most {limits.max_video_bytes} bytes", "max_size")
     width, height, duration = probe(source)
+    if width is None and shutil.which("ffprobe") is not None:
+        raise Refused("the video is damaged or truncated: no picture could be read from it", "damaged")
     poster = source.with_name(source.name + ".thumb")
     if not make_poster(source, poster):
         poster.unlink(missing_ok=True)

@@ -186,6 +186,7 @@ REFUSED_FILES = {
     "pdf": (b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n" + b"\x00" * 100, "a.pdf"),
     "executable": (b"\x7fELF\x02\x01\x01" + b"\x00" * 200, "a.jpg"),
     "png named .mp4": (png(), "a.mp4"),
+    "mp4 header, no video": (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 4000, "a.mp4"),
     "matroska": (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\xf7\x81\x01\x42\x82\x88matroska" + b"\x00" * 100, "a.webm"),
 }
 
@@ -200,6 +201,10 @@ async def test_what_is_not_a_picture_or_video_is_refused_naming_what_is(api, cus
         return
     assert status == 200 and body["code"] == 402, body
     (error,) = body["data"]["file"]
+    if case == "mp4 header, no video":  # an MP4 by its first bytes, and nothing ffprobe can read
+        assert error["code"] == "damaged" and "video" in error["message"]
+        assert media_files(media) == [] and temporaries(media) == []
+        return
     assert error["code"] == "unsupported_type"
     assert "JPEG, PNG, GIF, WebP, HEIC/HEIF" in error["message"] and "MP4, MOV, WebM" in error["message"]
     assert media_files(media) == [] and temporaries(media) == []
