@@ -517,7 +517,7 @@ async def chat_phase(server: ChatServer, args: argparse.Namespace, photo: Path |
 
 
 async def part_chat(args: argparse.Namespace) -> dict[str, Any]:
-    photo = make_photo(int(args.chat_photo_mb * MB))
+    photo = Path(args.chat_file) if args.chat_file else make_photo(int(args.chat_photo_mb * MB))
     out: dict[str, Any] = {"loadavg_start": loadavg(), "photo_mb": round(photo.stat().st_size / MB, 2),
                            "phases": []}
     server = chat_server(args, customers=args.waiters + 1).start()
@@ -748,6 +748,8 @@ def main() -> None:
     parser.add_argument("--pace-mb", type=float, default=1.0, help="part 3: each client sends this much ...")
     parser.add_argument("--pace-ms", type=float, default=50.0, help="... every this many ms")
     parser.add_argument("--part-timeout", type=float, default=900, help="seconds any one part may take")
+    parser.add_argument("--chat-file", help="part 2: what the uploaders send instead of the photo (a file the "
+                                             "server refuses after streaming it separates streaming from decoding)")
     parser.add_argument("--uploader-nice", type=int, default=0,
                         help="part 2: niceness of the uploaders' process (10: as if the uploading phones were "
                              "not on the server's 2 cores; the chat's load generator keeps 0)")
