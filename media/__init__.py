@@ -13,6 +13,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -114,7 +116,7 @@ class Media:
         started = time.perf_counter()
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.settings.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_yield_to_the_chat)
+                                             initializer=_start_worker)
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, process_upload, upload, self.settings.limits)
@@ -162,13 +164,24 @@ class Media:
 WORKER_NICENESS = 10
 
 
-def _yield_to_the_chat() -> None:
+def _start_worker() -> None:
     """Run in each media process as it starts: a lower CPU priority, which the ffprobe and
-    ffmpeg it starts inherit."""
+    ffmpeg it starts inherit; and Ctrl-C left to the server, which stops its workers itself
+    (a terminal sends SIGINT to the whole process group)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(WORKER_NICENESS)
     except OSError:
         log.debug("media processes run at the chat's own CPU priority here")
+    threading.Thread(target=_exit_with_the_server, args=(os.getppid(),), name="leida-media-watch", daemon=True).start()
+
+
+def _exit_with_the_server(server_pid: int) -> None:
+    """A server killed outright (SIGKILL, the OOM killer) cannot stop its workers: each notices
+    that its parent is gone within a second and exits, instead of waiting on a queue for ever."""
+    while os.getppid() == server_pid:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 __all__ = [

@@ -241,3 +241,24 @@ def test_uploads_are_counted_by_type_and_outcome(tmp_path, start_server):
     assert value(metrics, "leida_uploads_total", type="unknown", outcome="too_large") == 1
     assert value(metrics, "leida_upload_bytes_total") == stored["size"]
     assert value(metrics, "leida_upload_processing_seconds_count") == 2
+
+
+@pytest.mark.sqlite_only
+def test_a_killed_server_leaves_no_media_worker_behind(tmp_path, start_server):
+    db = str(tmp_path / "chat.db")
+    user, (customer,) = accounts(tmp_path, db)
+    server = start_server(*serve_args(tmp_path))
+    assert upload(server.port, customer, jpeg(), peer=user.id)[1]["code"] == 200  # the workers start
+
+    def workers() -> list[int]:
+        children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+    started = workers()
+    assert started and all(os.getpriority(os.PRIO_PROCESS, pid) >= 10 for pid in started)  # below the chat
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in started):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in started)
