@@ -30,7 +30,7 @@ from tornado.netutil import bind_sockets
 from tornado.process import fork_processes
 
 from handlers import ApiSettings, ChatHTTPServer, make_app, metrics_app
-from handlers.media import attachment_links
+from handlers.items import signed_links
 from leida_config import (
     Config,
     ConfigError,
@@ -203,7 +203,7 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
         raise
     webhooks = webhook_settings(config)
     sender = None
-    store.outbox.attachment_links = attachment_links(media, None, None)
+    store.outbox.attachment_links = signed_links(media, None)
     if webhooks is not None:
         store.watch_unread(webhooks.unread_after_seconds)
         sender = WebhookSender(store.outbox, webhooks)
@@ -435,10 +435,8 @@ async def media_usage(config: Config) -> dict[str, Any]:
         usage = await store.attachment_usage()
     finally:
         await store.close()
-    kinds = {kind: usage.get(kind, {"count": 0, "bytes": 0, "unclaimed_count": 0, "unclaimed_bytes": 0})
-             for kind in ("image", "video")}
-    return {"store": config["media"]["store"], "by_type": kinds,
-            "total": {key: sum(figures[key] for figures in kinds.values()) for key in kinds["image"]}}
+    return {"store": config["media"]["store"], "by_type": usage,
+            "total": {key: sum(figures[key] for figures in usage.values()) for key in usage["image"]}}
 
 
 # -- accounts -----------------------------------------------------------------

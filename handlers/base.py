@@ -28,6 +28,7 @@ from storage import ChatStore, Customer, RadarUser, StorageFailing
 from storage.metrics import count_error
 
 from .errors import ApiFailure, InvalidParams, SignatureRejected
+from .items import AttachmentLinks, signed_links
 from .params import INT64_MAX, Params
 from .settings import ApiSettings
 
@@ -184,6 +185,10 @@ class ApiHandler(RequestHandler):
         allowed = self.api.cors_origins
         same_origin = origin == f"{self.request.protocol}://{self.request.host}"
         return "*" in allowed or origin in allowed or same_origin
+
+    def attachment_links(self) -> AttachmentLinks | None:
+        """The signer of upload URLs for this answer's items (handlers/items.py)."""
+        return signed_links(self.media, f"{self.request.protocol}://{self.request.host}")
 
     def _end_inflight(self) -> None:
         if self._inflight is not None:

@@ -11,7 +11,16 @@ from urllib.parse import urlsplit
 
 import ujson
 
-from storage.records import CONTACT_REQUEST, IMAGE, PRODUCT, SHOP_LINK, TEXT, VIDEO, info_type_number
+from storage.records import (
+    CONTACT_REQUEST,
+    HAS_THUMBNAIL,
+    IMAGE,
+    PRODUCT,
+    SHOP_LINK,
+    TEXT,
+    VIDEO,
+    info_type_number,
+)
 
 from .errors import InvalidParams
 
@@ -22,7 +31,7 @@ RADAR_USER_INFO_TYPES = CUSTOMER_INFO_TYPES + (SHOP_LINK,)
 _REQUIRED = {"msg": (TEXT,), "product_name": (PRODUCT,), "url": (IMAGE, VIDEO)}
 _ATTACHMENT_ID = re.compile(r"[0-9a-f]{32}")
 #: what the server fills in from the attachment's record; a client's own values for them are dropped
-ATTACHMENT_KEYS = ("url", "thumbnail_url", "content_type", "size", "width", "height", "duration", "thumbnail")
+ATTACHMENT_KEYS = ("url", "thumbnail_url", "content_type", "size", "width", "height", "duration", HAS_THUMBNAIL)
 _TEXT_KEYS = ("msg", "product_name")
 _URL_KEYS = ("url", "product_cover_url")
 _SAFE_URL_SCHEMES = ("", "http", "https")
@@ -62,10 +71,10 @@ def parse_content(
         allowed = ", ".join(map(str, allowed_info_types))
         raise _invalid(f"content.info_type must be one of {allowed}")
 
-    if "attachment_id" in content and info_type not in (IMAGE, VIDEO):
-        raise InvalidParams.one("attachment_id", "content.attachment_id goes only with info_type 4 (picture) "
-                                "or 5 (video)")
-    if info_type in (IMAGE, VIDEO) and "attachment_id" in content:
+    if "attachment_id" in content:
+        if info_type not in (IMAGE, VIDEO):
+            raise InvalidParams.one("attachment_id", "content.attachment_id goes only with info_type 4 (picture) "
+                                    "or 5 (video)")
         attachment_id = content["attachment_id"]
         if not isinstance(attachment_id, str) or not _ATTACHMENT_ID.fullmatch(attachment_id):
             raise InvalidParams.one("attachment_id", "content.attachment_id must be the attachment_id an upload "

@@ -12,7 +12,6 @@ from .errors import InvalidParams
 from .items import customer_history_item, customer_item
 from .longpoll import LongPollHandler
 from .media import UploadHandler as MediaUploadHandler
-from .media import attachment_links
 from .params import Params
 from .sending import SendMessageHandler
 
@@ -74,7 +73,7 @@ class GetMsgHandler(CustomerHandler, LongPollHandler):
         wait, last_id = self.read_poll(query)
         query.check()
         await self.require_radar_user(user_id)
-        links = attachment_links(self.media, self.request.protocol, self.request.host)
+        links = self.attachment_links()
         await self.answer_getmsg(Side.CUSTOMER, user_id, self.signer.id, last_id, wait,
                                  lambda message: customer_item(message, links))
 
@@ -89,7 +88,7 @@ class HistoryHandler(CustomerHandler):
         query.check()
         user = await self.require_radar_user(user_id)
         page = await self.store.read_history(Side.CUSTOMER, self.signer.id, user_id, offset, limit)
-        links = attachment_links(self.media, self.request.protocol, self.request.host)
+        links = self.attachment_links()
         self.reply(
             "分页获取-全部聊天消息成功",
             {

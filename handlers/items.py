@@ -12,21 +12,37 @@ dimensions) was put into the content when it was sent.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage import Contact, Message
+from storage.records import HAS_THUMBNAIL, AttachmentLinks, attachment_urls
 
-#: (attachment_id, has a thumbnail) -> (url, thumbnail_url): signed URLs of an upload
-AttachmentLinks = Callable[[str, bool], tuple[str, str | None]]
+if TYPE_CHECKING:
+    from media import Media
+
+
+def signed_links(media: Media | None, base: str | None) -> AttachmentLinks | None:
+    """The signer of upload URLs for the items of one answer: absolute URLs (the pages live on
+    other origins), starting with ``media.base_url``, else ``base`` (the request's own scheme
+    and host; None, as for webhook events: paths from the server's root)."""
+    if media is None:
+        return None
+    prefix = media.settings.base_url.rstrip("/") or base or ""
+    links = media.links
+
+    def sign(attachment_id: str, has_thumbnail: bool) -> tuple[str, str | None]:
+        thumbnail = prefix + links.path(attachment_id, "thumbnail") if has_thumbnail else None
+        return prefix + links.path(attachment_id), thumbnail
+
+    return sign
 
 
 def _with_content(item: dict[str, Any], message: Message, links: AttachmentLinks | None) -> dict[str, Any]:
     content = message.content
     if "attachment_id" in content and links is not None:
-        item["url"], item["thumbnail_url"] = links(content["attachment_id"], bool(content.get("thumbnail")))
+        item["url"], item["thumbnail_url"] = attachment_urls(content, links)
         for key, value in content.items():
-            if key != "thumbnail":
+            if key != HAS_THUMBNAIL:
                 item.setdefault(key, value)
         return item
     for key, value in content.items():

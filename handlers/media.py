@@ -11,7 +11,6 @@ anything is looked up; a signed id that no longer exists is a 404.
 """
 from __future__ import annotations
 
-import errno
 import secrets
 import time
 from typing import Any
@@ -26,28 +25,11 @@ from storage import Attachment, Side, StorageFailing
 
 from .base import SignedHandler, app_log
 from .errors import InvalidParams
-from .items import AttachmentLinks
 from .params import Params
 
 #: file name extensions of what is served, for Content-Disposition (never a client's name)
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp",
               "video/mp4": "mp4", "video/quicktime": "mov", "video/webm": "webm"}
-
-
-def attachment_links(media: Media | None, protocol: str | None, host: str | None) -> AttachmentLinks | None:
-    """The signer of upload URLs for items rendered in one answer: absolute URLs (the pages
-    live on other origins), starting with ``media.base_url`` or else this request's own
-    (no request, as for webhooks: ``media.base_url``, else paths from the server's root)."""
-    if media is None:
-        return None
-    base = media.settings.base_url.rstrip("/") or (f"{protocol}://{host}" if host else "")
-    links = media.links
-
-    def sign(attachment_id: str, has_thumbnail: bool) -> tuple[str, str | None]:
-        thumbnail = base + links.path(attachment_id, "thumbnail") if has_thumbnail else None
-        return base + links.path(attachment_id), thumbnail
-
-    return sign
 
 
 class UploadHandler(SignedHandler):
@@ -116,15 +98,15 @@ class UploadHandler(SignedHandler):
             except Refused as error:
                 self._count("unknown", "too_large" if error.code == "max_size" else "refused")
                 raise InvalidParams.one("file", str(error), error.code) from None
-            except NoSpace:
-                self._count("unknown", "no_space")
-                raise StorageFailing("storage is full", "storage_full") from None
             attachment = await self._keep(processed, customer_id, user_id)
+        except NoSpace:
+            self._count("unknown" if processed is None else processed.kind, "no_space")
+            raise StorageFailing("storage is full", "storage_full") from None
         finally:
             self._discard(processed)
         self._count(attachment.kind, "stored")
         UPLOAD_BYTES.inc(attachment.size)
-        links = attachment_links(self.media, self.request.protocol, self.request.host)
+        links = self.attachment_links()
         assert links is not None
         url, thumbnail_url = links(attachment.id, attachment.thumbnail_key is not None)
         self.reply("上传成功", {
@@ -135,13 +117,7 @@ class UploadHandler(SignedHandler):
 
     async def _keep(self, processed: Processed, customer_id: int, user_id: int) -> Attachment:
         attachment_id = secrets.token_hex(16)
-        try:
-            storage_key, thumbnail_key = await self.media.keep(processed, attachment_id)
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._count(processed.kind, "no_space")
-                raise StorageFailing("storage is full", "storage_full") from None
-            raise
+        storage_key, thumbnail_key = await self.media.keep(processed, attachment_id)
         record = Attachment(
             id=attachment_id, send_type=self.side.send_type, uploader_id=self.signer.id, customer_id=customer_id,
             user_id=user_id, kind=processed.kind, content_type=processed.content_type, size=processed.size,
@@ -265,4 +241,4 @@ class MediaFileHandler(StaticFileHandler):
         app_log.error("Uncaught exception serving media %s", self.request.path, exc_info=(typ, value, tb))
 
 
-__all__ = ["ACCEPTED", "MediaFileHandler", "UploadHandler", "attachment_links"]
+__all__ = ["ACCEPTED", "MediaFileHandler", "UploadHandler"]

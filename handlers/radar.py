@@ -12,7 +12,6 @@ from .errors import InvalidParams
 from .items import contact_item, radar_item
 from .longpoll import LongPollHandler
 from .media import UploadHandler as MediaUploadHandler
-from .media import attachment_links
 from .params import Params
 from .sending import SendMessageHandler
 
@@ -70,7 +69,7 @@ class GetMsgHandler(RadarUserHandler, LongPollHandler):
         wait, last_id = self.read_poll(query)
         query.check()
         await self.require_customer(customer_id)
-        links = attachment_links(self.media, self.request.protocol, self.request.host)
+        links = self.attachment_links()
         await self.answer_getmsg(Side.RADAR_USER, self.signer.id, customer_id, last_id, wait,
                                  lambda message: radar_item(message, links))
 
@@ -85,7 +84,7 @@ class HistoryHandler(RadarUserHandler):
         query.check()
         await self.require_customer(customer_id)
         page = await self.store.read_history(Side.RADAR_USER, customer_id, self.signer.id, offset, limit)
-        links = attachment_links(self.media, self.request.protocol, self.request.host)
+        links = self.attachment_links()
         self.reply(
             "分页获取-全部聊天消息成功",
             {"ret_data": [radar_item(message, links) for message in page.messages], "data_count": page.total},
@@ -112,7 +111,7 @@ class ContactHandler(RadarUserHandler):
         offset, limit = query.page(max_length=self.api.history_max_length)
         query.check()
         contacts, total = await self.store.contacts(self.signer.id, offset, limit)
-        links = attachment_links(self.media, self.request.protocol, self.request.host)
+        links = self.attachment_links()
         self.reply(
             "查询成功",
             {"ret_data": [contact_item(contact, links) for contact in contacts], "data_count": total},

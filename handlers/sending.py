@@ -6,7 +6,7 @@ from typing import Any
 from tornado.web import HTTPError
 
 from storage import AttachmentUnavailable, DatabaseLocked, Side
-from storage.records import IMAGE, info_type_number
+from storage.records import HAS_THUMBNAIL, IMAGE, info_type_number
 
 from .base import SignedHandler
 from .content import parse_content
@@ -71,10 +71,11 @@ class SendMessageHandler(SignedHandler):
             raise _attachment_refused("this upload was made for another conversation")
         wanted = "image" if info_type_number(content.get("info_type")) == IMAGE else "video"
         if record.kind != wanted:
-            raise _attachment_refused(f"this upload is a {record.kind}: send it with info_type "
+            raise _attachment_refused(f"this upload is {'an image' if record.kind == 'image' else 'a video'}: send it with info_type "
                                       f"{4 if record.kind == 'image' else 5}")
         content.update(content_type=record.content_type, size=record.size, width=record.width,
-                       height=record.height, thumbnail=record.thumbnail_key is not None)
+                       height=record.height)
+        content[HAS_THUMBNAIL] = record.thumbnail_key is not None
         if record.duration is not None:
             content["duration"] = record.duration
 

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from .links import KEY_NAME, MediaLinks
 from .metrics import UPLOAD_SECONDS
-from .processing import ACCEPTED, Limits, NoSpace, Processed, Refused, process_upload
-from .stores import LocalMediaStore, MediaStore, Served
+from .processing import ACCEPTED, Limits, Processed, Refused, process_upload
+from .stores import LocalMediaStore, MediaStore, NoSpace, Served
 from .uploads import UploadReceiver, UploadRefused, UploadTooLarge, clean_temporaries
 
 log = logging.getLogger("leida_chat.media")

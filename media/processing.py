@@ -15,7 +15,6 @@ the event loop.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -27,6 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
+
+from .stores import NoSpace, full_disk_as_no_space
 
 log = logging.getLogger("leida_chat.media")
 
@@ -56,10 +57,6 @@ class Refused(ValueError):
     def __init__(self, message: str, code: str = "invalid") -> None:
         super().__init__(message)
         self.code = code
-
-
-class NoSpace(OSError):
-    """The disk holding temporary uploads is full (a 503: nothing was kept)."""
 
 
 @dataclass(frozen=True)
@@ -108,14 +105,10 @@ def process_upload(source: Path, limits: Limits) -> Processed:
     if source.stat().st_size > limits.max_image_bytes:
         raise Refused(f"a picture may be at most {limits.max_image_bytes} bytes", "max_size")
     try:
-        return _image(source, limits)
-    except (Refused, MemoryError):
+        with full_disk_as_no_space():
+            return _image(source, limits)
+    except (Refused, NoSpace, MemoryError):
         raise
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpace(error.errno, "storage is full") from None
-        log.info("picture refused, its decoder failed: %s", error)
-        raise Refused("the picture is damaged or truncated", "damaged") from None
     except Exception as error:  # whatever a decoder makes of hostile bytes: the file's fault, never a 500
         log.info("picture refused, its decoder failed: %s: %s", type(error).__name__, error)
         raise Refused("the picture is damaged or truncated", "damaged") from None

@@ -13,12 +13,29 @@ import errno
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 #: how keys look: an attachment id (32 lowercase hex digits), or its thumbnail's ("<id>.thumb")
 KEY = re.compile(r"[0-9a-f]{32}(\.thumb)?")
+
+
+class NoSpace(OSError):
+    """The disk holding uploads (temporary or kept) is full: a 503, and nothing was kept."""
+
+
+@contextmanager
+def full_disk_as_no_space() -> Iterator[None]:
+    """An ENOSPC or EDQUOT from the disk as NoSpace; every other OSError as it is."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(error, NoSpace):
+            raise NoSpace(error.errno, "storage is full") from None
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +102,8 @@ class LocalMediaStore:
         return self.directory / key[:2] / key[2:4] / key
 
     async def put(self, key: str, source: Path, content_type: str) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._put, key, source)
+        with full_disk_as_no_space():
+            await asyncio.get_running_loop().run_in_executor(None, self._put, key, source)
 
     def _put(self, key: str, source: Path) -> None:
         target = self.path(key)

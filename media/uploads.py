@@ -9,7 +9,6 @@ can delete what a killed process left without touching a live one's uploads.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import secrets
@@ -21,7 +20,8 @@ from typing import BinaryIO
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
-from .processing import NoSpace, sniff_kind
+from .processing import sniff_kind
+from .stores import full_disk_as_no_space
 
 log = logging.getLogger("leida_chat.media")
 
@@ -91,12 +91,9 @@ class UploadReceiver:
         if self._parser is None or self._problem is not None:
             return  # the answer is decided; the rest of the body is read and dropped
         try:
-            self._parser.write(chunk)
-        except UploadTooLarge:
-            raise
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace(error.errno, "storage is full") from None
+            with full_disk_as_no_space():
+                self._parser.write(chunk)
+        except (UploadTooLarge, OSError):
             raise
         except Exception as error:  # python-multipart's own parse errors
             log.debug("upload body not parsed: %s", error)
@@ -172,7 +169,7 @@ class UploadReceiver:
         self.size += len(piece)
         if len(self._head) < SNIFF_BYTES:
             self._head += piece[:SNIFF_BYTES - len(self._head)]
-            if len(self._head) >= SNIFF_BYTES or self.size >= SNIFF_BYTES:
+            if len(self._head) == SNIFF_BYTES:
                 self._choose_limit()
         if self.size > self._limit:
             raise UploadTooLarge()
@@ -190,11 +187,8 @@ class UploadReceiver:
     def _close_file(self) -> None:
         if self._file is not None:
             try:
-                self._file.close()
-            except OSError as error:
-                if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise NoSpace(error.errno, "storage is full") from None
-                raise
+                with full_disk_as_no_space():
+                    self._file.close()
             finally:
                 self._file = None
 

@@ -23,8 +23,8 @@ from .waiters import SUPERSEDED, Handed, Waiters, WaitKey, conversation_key, inb
 from .writer import StorageFailing, WriterClosed
 
 __all__ = [
-    "FROM_CUSTOMER", "FROM_RADAR_USER", "AccountNeedsName", "Attachment", "AttachmentUnavailable", "ChatStore", "Contact", "Customer", "DatabaseLocked",
-    "Handed",
+    "FROM_CUSTOMER", "FROM_RADAR_USER", "AccountNeedsName", "Attachment", "AttachmentUnavailable", "ChatStore",
+    "Contact", "Customer", "DatabaseLocked", "Handed",
     "HistoryPage", "Message", "RadarUser", "SUPERSEDED", "SendReceipt", "Side", "StorageFailing", "WaitKey",
     "Waiters", "WriterClosed", "conversation_key", "inbox_key", "is_postgres", "local_timestamp", "sqlite_path",
 ]

@@ -15,6 +15,8 @@ from typing import Any
 from .outbox import Script
 from .records import Attachment
 
+#: what an upload can be (the table's CHECK says the same)
+KINDS = ("image", "video")
 #: a new message takes an upload that is unclaimed, its sender's, and of its conversation
 CLAIM_ATTACHMENT = (
     "UPDATE attachment SET message_id = ? WHERE id = ? AND message_id IS NULL"
@@ -26,6 +28,7 @@ _COLUMNS = (
     " sha256, storage_key, thumbnail_key, thumbnail_size, message_id, created_at"
 )
 ATTACHMENT_BY_ID = f"SELECT {_COLUMNS} FROM attachment WHERE id = ?"
+SERVER_KEY = "SELECT value FROM server_key WHERE name = ?"
 #: count and bytes (thumbnails included) per kind, claimed or not
 USAGE = (
     "SELECT kind, CASE WHEN message_id IS NULL THEN 0 ELSE 1 END, count(*), COALESCE(SUM(size + thumbnail_size), 0)"
@@ -49,7 +52,7 @@ def server_key(name: str, candidate: str) -> Script[str]:
     """The key called ``name``: ``candidate`` if none was made before, else the one every
     process already uses (whichever process got there first wins)."""
     yield ("INSERT INTO server_key (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, candidate))
-    ((value,),) = yield ("SELECT value FROM server_key WHERE name = ?", (name,))
+    ((value,),) = yield (SERVER_KEY, (name,))
     return str(value)
 
 

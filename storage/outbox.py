@@ -39,6 +39,8 @@ from .records import (
     SHOP_LINK,
     TEXT,
     VIDEO,
+    AttachmentLinks,
+    attachment_urls,
     info_type_number,
 )
 
@@ -130,8 +132,6 @@ WATCH_UNREAD = (
 # -- scripts ------------------------------------------------------------------------
 
 
-#: (attachment_id, has a thumbnail) -> (url, thumbnail_url): the media room's signed URLs (media/links.py)
-AttachmentLinks = Callable[[str, bool], tuple[str, str | None]]
 #: what an event tells of a picture or video it previews, besides its URLs
 ATTACHMENT_PREVIEW_KEYS = ("attachment_id", "content_type", "size", "width", "height", "duration")
 
@@ -304,7 +304,7 @@ def iso_utc(unix_time: float) -> str:
 
 def attachment_preview(content: dict[str, Any], links: AttachmentLinks) -> dict[str, Any]:
     """A previewed picture or video as the chat's items show it: its signed URLs and what is known of it."""
-    url, thumbnail_url = links(content["attachment_id"], bool(content.get("thumbnail")))
+    url, thumbnail_url = attachment_urls(content, links)
     return {"url": url, "thumbnail_url": thumbnail_url,
             **{key: content[key] for key in ATTACHMENT_PREVIEW_KEYS if key in content}}
 

@@ -32,11 +32,14 @@ class Outgoing:
     attachment_id: str | None = None
 
     @property
+    def sender_id(self) -> int:
+        return self.customer_id if self.send_type == FROM_CUSTOMER else self.user_id
+
+    @property
     def sender_key(self) -> SenderKey | None:
         if self.client_msg_id is None:
             return None
-        sender_id = self.customer_id if self.send_type == FROM_CUSTOMER else self.user_id
-        return (self.send_type, sender_id, self.client_msg_id)
+        return (self.send_type, self.sender_id, self.client_msg_id)
 
 
 class SendRows(NamedTuple):
@@ -84,9 +87,8 @@ def plan_sends(
             rows.client_keys.append((*key, message_id))
         rows.results.append((SendReceipt(message_id, sent.created_at), is_first_info))
         if sent.attachment_id is not None:
-            sender_id = sent.customer_id if sent.send_type == FROM_CUSTOMER else sent.user_id
             rows.attachments.append(
-                (sent.attachment_id, message_id, sent.send_type, sender_id, sent.customer_id, sent.user_id))
+                (sent.attachment_id, message_id, sent.send_type, sent.sender_id, sent.customer_id, sent.user_id))
         rows.messages.append(
             (message_id, sent.customer_id, sent.user_id, sent.send_type, sent.content_json, sent.created_at)
         )

@@ -424,7 +424,7 @@ async def _claim_attachments(conn: Conn, claims: list[tuple]) -> None:
     send at fault fails)."""
     for attachment_id, message_id, *owner in claims:
         if await conn.fetchval(as_postgres(CLAIM_ATTACHMENT) + " RETURNING 1", message_id, attachment_id, *owner) is None:
-            raise AttachmentUnavailable(attachment_id, "the attachment is gone or was used by another message")
+            raise AttachmentUnavailable(attachment_id)
 
 
 #: what a doorbell names per conversation: its (customer_id, user_id) and the ids of its new messages, first and last

@@ -1,6 +1,7 @@
 """What storage hands back: plain records, free of SQL and of HTTP."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -11,6 +12,18 @@ FROM_CUSTOMER = 2
 
 #: content.info_type values, as the original API numbers them.
 TEXT, PRODUCT, CONTACT_REQUEST, IMAGE, VIDEO, SHOP_LINK = 1, 2, 3, 4, 5, 6
+
+
+#: (attachment_id, has a thumbnail) -> (url, thumbnail_url): the signed URLs of an upload (media/links.py)
+AttachmentLinks = Callable[[str, bool], tuple[str, str | None]]
+#: the content key a sent upload keeps to say whether it has a thumbnail; every rendering
+#: replaces it with ``thumbnail_url``
+HAS_THUMBNAIL = "thumbnail"
+
+
+def attachment_urls(content: dict[str, Any], links: AttachmentLinks) -> tuple[str, str | None]:
+    """(url, thumbnail_url) of the upload a message's content names (``attachment_id``)."""
+    return links(content["attachment_id"], bool(content.get(HAS_THUMBNAIL)))
 
 
 def info_type_number(value: Any) -> int | None:
@@ -158,6 +171,6 @@ class AttachmentUnavailable(ValueError):
     """A send named an attachment it may not use (another's, another conversation's, gone, or
     used by another message); nothing of the send was stored."""
 
-    def __init__(self, attachment_id: str, reason: str) -> None:
+    def __init__(self, attachment_id: str, reason: str = "the attachment is gone or was used by another message") -> None:
         super().__init__(reason)
         self.attachment_id = attachment_id

@@ -274,7 +274,7 @@ def _write_send_rows(conn: sqlite3.Connection, rows: SendRows) -> None:
     for attachment_id, message_id, *owner in rows.attachments:
         claimed = conn.execute(CLAIM_ATTACHMENT, (message_id, attachment_id, *owner)).rowcount
         if claimed != 1:
-            raise AttachmentUnavailable(attachment_id, "the attachment is gone or was used by another message")
+            raise AttachmentUnavailable(attachment_id)
 
 
 def _values(rows: list[tuple], width: int) -> tuple[str, list[Any]]:

@@ -430,6 +430,9 @@ class ChatStore:
     async def server_key(self, name: str) -> str:
         """A secret made once for the whole deployment and kept in the database, so that every
         process and host shares it (the media URL key)."""
+        row = await self._one(media.SERVER_KEY, (name,))  # every start but the first: a read, no commit
+        if row is not None:
+            return str(row[0])
         result: str = await self._run_script(media.server_key(name, secrets.token_hex(32)))
         return result
 
@@ -440,10 +443,10 @@ class ChatStore:
         return taken
 
     async def attachment_usage(self) -> dict[str, dict[str, int]]:
-        """Per kind: count and bytes of every upload, and of the unclaimed ones."""
-        usage: dict[str, dict[str, int]] = {}
+        """Per kind (image, video): count and bytes of every upload, and of the unclaimed ones."""
+        usage = {kind: {"count": 0, "bytes": 0, "unclaimed_count": 0, "unclaimed_bytes": 0} for kind in media.KINDS}
         for kind, claimed, count, size in await self._all(media.USAGE, ()):
-            figures = usage.setdefault(kind, {"count": 0, "bytes": 0, "unclaimed_count": 0, "unclaimed_bytes": 0})
+            figures = usage[kind]
             figures["count"] += count
             figures["bytes"] += int(size)
             if not claimed:
