@@ -21,7 +21,7 @@ from conftest import Account, text
 from live import CUSTOMER, RADAR, Background, accounts, clean_env, query, run_cli, serve_args
 from nginx import start_nginx  # noqa: F401  (fixture)
 from postgres import Cluster, require_postgres
-from storage.postgres import CHANNEL, HAND_OFF_MAX_SECONDS, MAX_PAYLOAD_BYTES, Listener, doorbells, rung
+from storage.doorbell import CHANNEL, HAND_OFF_MAX_SECONDS, MAX_PAYLOAD_BYTES, Listener, doorbells, rung
 from storage.records import FROM_CUSTOMER, Message
 from storage.waiters import Waiters, inbox_key
 
