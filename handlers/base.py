@@ -26,6 +26,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from media import Media
 from storage import ChatStore, Customer, RadarUser, StorageFailing
 from storage.metrics import count_error
+from storage.records import account_key
 
 from .errors import ApiFailure, InvalidParams, SignatureRejected
 from .items import AttachmentLinks, signed_links
@@ -41,8 +42,9 @@ RETRY_AFTER_SECONDS = 2
 CROSS_ORIGIN_PREFIX = "/zhugeleida/"
 #: how long a browser may cache a preflight's answer (Chromium caps it at 7200)
 PREFLIGHT_MAX_AGE_SECONDS = 7200
-#: query values never logged: signatures, tokens, and a media URL's HMAC (it grants the file for days)
-SECRET_PARAMS = frozenset({"rand_str", "token", "s"})
+#: query values never logged: signatures, tokens, a media URL's HMAC (it grants the file for days), and
+#: anything named like a key (the server API refuses keys in the query string: server_api/auth.py)
+SECRET_PARAMS = frozenset({"rand_str", "token", "s", "key", "api_key", "access_token"})
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -292,8 +294,8 @@ class SignedHandler(ApiHandler):
 
     @property
     def account_key(self) -> tuple[str, int]:
-        """The signer, as a key unique across both kinds of account."""
-        return (type(self.signer).__name__, self.signer.id)
+        """The signer, as a key unique across both kinds of account (what the server API ends held requests by)."""
+        return account_key(self.signer.kind, self.signer.id)
 
     async def prepare(self) -> None:
         super().prepare()
@@ -351,7 +353,7 @@ class SignedHandler(ApiHandler):
         if int(account_id) > INT64_MAX:  # no such account can exist; SQLite would overflow
             raise SignatureRejected()
         account = await self.find_signer(int(account_id))
-        if account is None:
+        if account is None or account.disabled:  # a disabled account is refused as a bad signature is
             raise SignatureRejected()
         expected = hashlib.md5((timestamp + account.token).encode("utf-8")).hexdigest()
         if not hmac.compare_digest(expected, rand_str.lower()):

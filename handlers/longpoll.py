@@ -17,7 +17,8 @@ from typing import Any
 from tornado.web import HTTPError
 
 from storage import (
-    FROM_CUSTOMER,
+    ACCOUNT_ENDED,
+    FROM_RADAR_USER,
     SUPERSEDED,
     Handed,
     Message,
@@ -29,6 +30,7 @@ from storage import (
 )
 
 from .base import SignedHandler
+from .errors import SignatureRejected
 from .metrics import DELIVERY_LATENCY, count_error
 from .params import Params
 
@@ -69,8 +71,8 @@ class LongPollHandler(SignedHandler):
         def wanted(message: Message) -> bool:
             if last_id is not None:
                 return message.id > last_id
-            # without a cursor the radar user receives only the customer's messages
-            return side is Side.CUSTOMER or message.send_type == FROM_CUSTOMER
+            # without a cursor the radar user receives the customer's messages and tips, not their own
+            return side is Side.CUSTOMER or message.send_type != FROM_RADAR_USER
 
         messages = await self.hold_until_new(key, fetch, wanted, wait)
         if messages is None:
@@ -130,6 +132,8 @@ class LongPollHandler(SignedHandler):
                     timer.cancel()
                 if handed is CLIENT_GONE:
                     return None
+                if handed is ACCOUNT_ENDED:  # disabled, erased or given a new token meanwhile
+                    raise SignatureRejected()
                 if handed is SUPERSEDED:
                     messages = []
                     break

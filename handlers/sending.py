@@ -5,12 +5,12 @@ from typing import Any
 
 from tornado.web import HTTPError
 
-from storage import AttachmentUnavailable, DatabaseLocked, Side
+from storage import AccountMissing, AttachmentUnavailable, DatabaseLocked, Side
 from storage.records import HAS_THUMBNAIL, IMAGE, info_type_number
 
 from .base import SignedHandler
 from .content import parse_content
-from .errors import InvalidParams
+from .errors import InvalidParams, SignatureRejected
 from .params import Params
 
 CLIENT_MSG_ID_MAX_CHARS = 64
@@ -57,6 +57,8 @@ class SendMessageHandler(SignedHandler):
             raise HTTPError(503, str(error)) from None
         except AttachmentUnavailable as error:
             raise _attachment_refused(str(error)) from None
+        except AccountMissing:  # erased while this send was on its way: as if the signature had failed
+            raise SignatureRejected() from None
         self.reply(self.success_msg, {"id": receipt.id, "dateTime": receipt.created_at})
 
     async def describe_attachment(self, content: dict[str, Any], customer_id: int, user_id: int) -> None:

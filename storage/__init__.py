@@ -6,7 +6,10 @@ rules once; ``storage/sqlite.py`` and ``storage/postgres.py`` hold the SQL.
 from .records import (
     FROM_CUSTOMER,
     FROM_RADAR_USER,
+    TIP,
+    AccountMissing,
     AccountNeedsName,
+    AccountRowInvalid,
     Attachment,
     AttachmentUnavailable,
     Contact,
@@ -19,11 +22,11 @@ from .records import (
 )
 from .sqlite import DatabaseLocked
 from .store import ChatStore, is_postgres, local_timestamp, sqlite_path
-from .waiters import SUPERSEDED, Handed, Waiters, WaitKey, conversation_key, inbox_key
+from .waiters import ACCOUNT_ENDED, SUPERSEDED, Handed, Waiters, WaitKey, conversation_key, inbox_key
 from .writer import StorageFailing, WriterClosed
 
 __all__ = [
-    "FROM_CUSTOMER", "FROM_RADAR_USER", "AccountNeedsName", "Attachment", "AttachmentUnavailable", "ChatStore",
+    "ACCOUNT_ENDED", "TIP", "AccountMissing", "AccountRowInvalid", "FROM_CUSTOMER", "FROM_RADAR_USER", "AccountNeedsName", "Attachment", "AttachmentUnavailable", "ChatStore",
     "Contact", "Customer", "DatabaseLocked", "Handed",
     "HistoryPage", "Message", "RadarUser", "SUPERSEDED", "SendReceipt", "Side", "StorageFailing", "WaitKey",
     "Waiters", "WriterClosed", "conversation_key", "inbox_key", "is_postgres", "local_timestamp", "sqlite_path",

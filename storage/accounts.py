@@ -9,11 +9,18 @@ syncing accounts) move the ``account_change`` counter that the schema's
 triggers keep; the store looks at that counter at most once every
 ``auth.account_cache_seconds`` and empties the cache when it has moved, so
 such a change takes effect within that time (0: nothing is cached). Unknown ids are never cached, so a new account
-works on its first request.
+works on its first request. An account the server API disables, erases or gives a
+new token is announced to every process at once (``ACCOUNT_CHANNEL``).
+
+The server API's account changes are below, written once for both backends.
 """
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+from .outbox import Script
+from .records import ACCOUNT_FIELDS, AccountKind, AccountRowInvalid, Customer, RadarUser
 
 Account = TypeVar("Account")
 
@@ -39,3 +46,88 @@ class AccountCache(Generic[Account]):
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+# -- changes made through the server API ------------------------------------------------
+# Outbox-style scripts (storage/outbox.py): ``?`` placeholders, run in one of the
+# writer's transactions on either backend. ``kind`` is a table name from
+# ACCOUNT_FIELDS, never a client's string.
+
+#: where every process hears of an account that was disabled, erased or given a new token
+#: (PostgreSQL: storage/doorbell.py LISTENs on it; SQLite serves one process and needs none)
+ACCOUNT_CHANNEL = "leida_account"
+
+
+def account_columns(kind: AccountKind) -> str:
+    return ", ".join(("id", *ACCOUNT_FIELDS[kind], "disabled"))
+
+
+def select_account(kind: AccountKind) -> str:
+    return f"SELECT {account_columns(kind)} FROM {_table(kind)} WHERE id = ?"
+
+
+def account_record(kind: AccountKind, row: Sequence[Any]) -> Customer | RadarUser:
+    """A row of ``account_columns`` as its record."""
+    values: list[Any] = [*row[:-1], bool(row[-1])]
+    return Customer(*values) if kind == "customer" else RadarUser(*values)
+
+
+def _table(kind: str) -> str:
+    if kind not in ACCOUNT_FIELDS:
+        raise ValueError(f"no kind of account {kind!r}")
+    return kind
+
+
+def announce(kind: AccountKind, account_id: int, postgres: bool) -> Script[None]:
+    """Tell every other process, at COMMIT, to forget the account and end its held requests."""
+    if postgres:
+        yield ("SELECT pg_notify(?, ?)", (ACCOUNT_CHANNEL, f"{kind}:{account_id}"))
+
+
+#: one row of a bulk change: (id, the fields to set, the whole row if it is new (None: no username))
+AccountRow = tuple[int, dict[str, str], "dict[str, str] | None"]
+
+
+def save_accounts(kind: AccountKind, rows: list[AccountRow]) -> Script[list[Customer | RadarUser]]:
+    """Each row updates its account's given fields, or makes the account; all or nothing.
+
+    An id that exists keeps whatever the row leaves out (its token too), so the same
+    call twice leaves the same accounts behind.
+    """
+    table = _table(kind)
+    for index, (account_id, given, new_row) in enumerate(rows):
+        existing = yield (f"SELECT 1 FROM {table} WHERE id = ?", (account_id,))
+        if existing:
+            if given:
+                assignments = ", ".join(f"{name} = ?" for name in given)
+                yield (f"UPDATE {table} SET {assignments} WHERE id = ?", (*given.values(), account_id))
+            continue
+        if new_row is None:
+            raise AccountRowInvalid(index, "username", f"{kind} {account_id} does not exist, and a new account needs a username")
+        row = {"id": account_id, **new_row}
+        yield (f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+    saved: dict[int, Customer | RadarUser] = {}
+    ids = list(dict.fromkeys(account_id for account_id, _, _ in rows))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        found = yield (f"SELECT {account_columns(kind)} FROM {table} WHERE id IN ({', '.join('?' * len(chunk))})",
+                       tuple(chunk))
+        saved.update((row[0], account_record(kind, row)) for row in found)
+    return [saved[account_id] for account_id, _, _ in rows]
+
+
+def set_disabled(kind: AccountKind, account_id: int, disabled: bool, postgres: bool) -> Script[Customer | RadarUser | None]:
+    found = yield (f"UPDATE {_table(kind)} SET disabled = ? WHERE id = ? RETURNING {account_columns(kind)}",
+                   (int(disabled), account_id))
+    if not found:
+        return None
+    yield from announce(kind, account_id, postgres)
+    return account_record(kind, found[0])
+
+
+def set_token(kind: AccountKind, account_id: int, token: str, postgres: bool) -> Script[bool]:
+    found = yield (f"UPDATE {_table(kind)} SET token = ? WHERE id = ? RETURNING id", (token, account_id))
+    if not found:
+        return False
+    yield from announce(kind, account_id, postgres)
+    return True

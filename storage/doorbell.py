@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from .accounts import ACCOUNT_CHANNEL
 from .metrics import count_error
 from .outgoing import Pair
 from .records import Message
@@ -31,7 +32,7 @@ from .waiters import Committed, Waiters
 
 log = logging.getLogger("leida_chat.storage")
 
-#: the one channel every process LISTENs on
+#: the channel of message doorbells, which every process LISTENs on
 CHANNEL = "leida_chat"
 #: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
 MAX_PAYLOAD_BYTES = 7900
@@ -47,6 +48,10 @@ HAND_OFF_MAX_SECONDS = 1.0
 
 #: the read the listener makes for a doorbell: every message with an id from first to last
 MessagesBetween = Callable[[int, int], Awaitable[list[Message]]]
+#: what the listener calls for an account named on ACCOUNT_CHANNEL (``"customer:5"``): every
+#: process drops it from its cache and answers its held requests. Apart from CHANNEL, so that
+#: it never takes a turn in the doorbells' order.
+AccountChanged = Callable[[str, int], None]
 #: what a doorbell names per conversation: its (customer_id, user_id) and the ids of its new messages, first and last
 Span = tuple[Pair, int, int]
 
@@ -109,11 +114,13 @@ class Listener:
     reads of earlier doorbells, so nothing is handed before what was committed first.
     """
 
-    def __init__(self, url: str, origin: str, waiters: Waiters, messages_between: MessagesBetween) -> None:
+    def __init__(self, url: str, origin: str, waiters: Waiters, messages_between: MessagesBetween,
+                 account_changed: AccountChanged | None = None) -> None:
         self.url = url
         self.origin = origin
         self.waiters = waiters
         self._messages_between = messages_between
+        self._account_changed = account_changed
         self._conn: asyncpg.Connection | None = None
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -164,6 +171,7 @@ class Listener:
     async def _connect(self) -> None:
         conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_SECONDS)
         await conn.add_listener(CHANNEL, self._rung)
+        await conn.add_listener(ACCOUNT_CHANNEL, self._account_named)
         conn.add_termination_listener(lambda _conn: self._lost.set())
         self._lost.clear()
         self._conn = conn
@@ -189,6 +197,11 @@ class Listener:
         self._held.append((number, loop.time(), committed))
         if self._overdue_timer is None:
             self._overdue_timer = loop.call_later(HAND_OFF_MAX_SECONDS, self._hand_over_overdue)
+
+    def _account_named(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        kind, _, account_id = str(payload).partition(":")
+        if self._account_changed is not None and account_id.isdigit():
+            self._account_changed(kind, int(account_id))
 
     def _rung(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         ringer, spans = rung(str(payload))

@@ -7,7 +7,7 @@ up once, so the hot path pays well under a microsecond per message
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 # the *_created samples (when each series began) double every scrape and no dashboard reads them
 disable_created_metrics()
@@ -27,6 +27,14 @@ MESSAGES_SENT = Counter(
 ERRORS = Counter(
     "leida_errors", "Failures by kind: storage_full, storage_io, database_unavailable, database_locked, "
     "after_commit, read_positions, listener, overloaded, internal", ["kind"],
+)
+
+RETENTION_DELETED = Counter(
+    "leida_retention_deleted", "Rows deleted by retention (storage/retention.py), by kind: messages, attachments, "
+    "webhook_events, unclaimed_uploads", ["kind"],
+)
+RETENTION_LAST_RUN = Gauge(
+    "leida_retention_last_run_timestamp_seconds", "When the retention task last finished a run (Unix time)",
 )
 
 #: label children, looked up once: ``labels()`` costs more than the increment itself

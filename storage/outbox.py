@@ -38,6 +38,7 @@ from .records import (
     PRODUCT,
     SHOP_LINK,
     TEXT,
+    TIP,
     VIDEO,
     AttachmentLinks,
     attachment_urls,
@@ -113,8 +114,9 @@ async def run_script_async(
 
 def unread_watches(messages: Sequence[tuple], due_at: float) -> list[tuple[int, int, int, float]]:
     """The watches a batch's new message rows (id, customer_id, user_id, send_type, ...) start:
-    one per conversation and side, due ``due_at`` unless that stretch is already due earlier."""
-    return [(*key, due_at) for key in dict.fromkeys((row[1], row[2], row[3]) for row in messages)]
+    one per conversation and side, due ``due_at`` unless that stretch is already due earlier.
+    A tip is unread for nobody, so it starts none."""
+    return [(*key, due_at) for key in dict.fromkeys((row[1], row[2], row[3]) for row in messages if row[3] != TIP)]
 
 
 #: the watch upsert both backends run with the messages: an earlier due time stands

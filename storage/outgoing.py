@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .records import FROM_CUSTOMER, SendReceipt
+from .records import FROM_CUSTOMER, FROM_RADAR_USER, SendReceipt
 
 #: (send_type, sender id, client_msg_id): idempotency keys are per sender
 SenderKey = tuple[int, int, str]
@@ -33,7 +33,7 @@ class Outgoing:
 
     @property
     def sender_id(self) -> int:
-        return self.customer_id if self.send_type == FROM_CUSTOMER else self.user_id
+        return self.customer_id if self.send_type == FROM_CUSTOMER else self.user_id  # a tip: its radar user's
 
     @property
     def sender_key(self) -> SenderKey | None:
@@ -94,6 +94,6 @@ def plan_sends(
         )
         rows.conversations.append((
             sent.customer_id, sent.user_id, message_id, message_id,
-            message_id if sent.send_type == FROM_CUSTOMER else 0,
+            message_id if sent.send_type != FROM_RADAR_USER else 0,  # the customer's, or a tip
         ))
     return rows

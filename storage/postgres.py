@@ -60,7 +60,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from .doorbell import CHANNEL, CONNECT_TIMEOUT_SECONDS, Listener, MessagesBetween, _reason, doorbells, to_read_back
+from .doorbell import (
+    CHANNEL,
+    CONNECT_TIMEOUT_SECONDS,
+    AccountChanged,
+    Listener,
+    MessagesBetween,
+    _reason,
+    doorbells,
+    to_read_back,
+)
 from .media import CLAIM_ATTACHMENT
 from .metrics import count_error
 from .outbox import WATCH_UNREAD_ON_CONFLICT, Script, run_script_async, unread_watches
@@ -160,8 +169,9 @@ class PostgresDatabase:
     def describe(self) -> str:
         return without_password(self.url)
 
-    async def watch(self, waiters: Waiters, messages_between: MessagesBetween) -> None:
-        self.listener = Listener(self.url, self.origin, waiters, messages_between)
+    async def watch(self, waiters: Waiters, messages_between: MessagesBetween,
+                    account_changed: AccountChanged | None = None) -> None:
+        self.listener = Listener(self.url, self.origin, waiters, messages_between, account_changed)
         await self.listener.start()
 
     def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
@@ -200,6 +210,11 @@ class PostgresDatabase:
         return None
 
     storage_failure = staticmethod(storage_failure)
+
+    @staticmethod
+    def names_a_missing_account(error: BaseException) -> bool:
+        """A conversation's row refers to its customer and radar user: one erased meanwhile fails it."""
+        return isinstance(error, asyncpg.ForeignKeyViolationError)
 
     # -- transactions ----------------------------------------------------------
 

@@ -4,11 +4,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 #: send_type values, as the original API numbers them.
 FROM_RADAR_USER = 1
 FROM_CUSTOMER = 2
+#: the server's own words in a conversation ("客户正在查看您的名片"), shown to both sides, unread for neither
+TIP = 3
+
+#: the two kinds of account, by their tables' names
+AccountKind = Literal["customer", "radar_user"]
+#: what can be set on each kind of account (the CLI's flags and the server API's fields)
+CUSTOMER_FIELDS = ("username", "headimgurl", "token")
+RADAR_USER_FIELDS = ("username", "avatar", "mingpian_avatar", "mingpian_phone", "wechat", "wechat_phone", "token")
+ACCOUNT_FIELDS: dict[str, tuple[str, ...]] = {"customer": CUSTOMER_FIELDS, "radar_user": RADAR_USER_FIELDS}
 
 #: content.info_type values, as the original API numbers them.
 TEXT, PRODUCT, CONTACT_REQUEST, IMAGE, VIDEO, SHOP_LINK = 1, 2, 3, 4, 5, 6
@@ -44,6 +53,30 @@ class AccountNeedsName(ValueError):
         super().__init__("a new account needs a name")
 
 
+class AccountRowInvalid(ValueError):
+    """A row of a bulk account change cannot be written; nothing of the call was."""
+
+    def __init__(self, row: int, field: str, message: str) -> None:
+        super().__init__(f"row {row}: {field}: {message}")
+        self.row = row
+        self.field = field
+        self.message = message
+
+
+class AccountMissing(LookupError):
+    """An account a change names does not exist (``kind``: "customer" or "radar_user")."""
+
+    def __init__(self, kind: AccountKind, account_id: int) -> None:
+        super().__init__(f"{kind} {account_id} does not exist")
+        self.kind = kind
+        self.account_id = account_id
+
+
+def account_key(kind: AccountKind, account_id: int) -> tuple[str, int]:
+    """An account as one key across both kinds: what held requests are counted and ended by."""
+    return (kind, account_id)
+
+
 class Side(Enum):
     """A side of a conversation, each with its own read position (the value is its column)."""
 
@@ -58,14 +91,20 @@ class Side(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Customer:
+    kind: ClassVar[AccountKind] = "customer"
+
     id: int
     username: str
     headimgurl: str
     token: str
+    #: a disabled account's requests are refused as with a bad signature (the server API)
+    disabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RadarUser:
+    kind: ClassVar[AccountKind] = "radar_user"
+
     id: int
     username: str
     avatar: str
@@ -74,6 +113,7 @@ class RadarUser:
     wechat: str
     wechat_phone: str
     token: str
+    disabled: bool = False
 
     @property
     def card_avatar(self) -> str:

@@ -6,8 +6,9 @@ a database from a newer release is refused instead of being misread.
 
 Conversations are keyed by (customer_id, user_id) and carry each side's read
 position: a message is read by a side when its id is at or below that side's
-position. ``last_customer_message_id`` lets unread scans skip conversations
-with nothing new for the radar user without touching the message table.
+position. ``last_customer_message_id`` (the last message the radar user
+receives: the customer's, or a tip) lets unread scans skip conversations with
+nothing new for the radar user without touching the message table.
 """
 from __future__ import annotations
 
@@ -174,6 +175,34 @@ MIGRATIONS: dict[int, str] = {
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
     ) WITHOUT ROWID;
+    """,
+    8: """
+    -- The server API (server_api/). A disabled account's requests are refused as with a
+    -- bad signature, and it can be enabled again.
+    ALTER TABLE radar_user ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE customer ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    -- send_type 3: the server's own words (tips). SQLite cannot alter a CHECK, so the
+    -- table is made again (sqlite.org/lang_altertable.html, "other kinds of table schema
+    -- changes"); foreign keys are off while migrations run (storage/sqlite.py).
+    CREATE TABLE message_v8 (
+        id INTEGER PRIMARY KEY,
+        customer_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        send_type INTEGER NOT NULL CHECK (send_type IN (1, 2, 3)),
+        content TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    INSERT INTO message_v8 (id, customer_id, user_id, send_type, content, created_at)
+        SELECT id, customer_id, user_id, send_type, content, created_at FROM message;
+    DROP TABLE message;
+    ALTER TABLE message_v8 RENAME TO message;
+    CREATE INDEX message_by_conversation ON message (customer_id, user_id, id);
+    CREATE INDEX message_by_user ON message (user_id, id);
+    -- erasure and retention delete messages by id: their idempotency keys, attachments
+    -- and a customer's webhook events are found without a scan
+    CREATE INDEX client_message_by_message ON client_message (message_id);
+    CREATE INDEX attachment_by_message ON attachment (message_id) WHERE message_id IS NOT NULL;
+    CREATE INDEX webhook_event_by_customer ON webhook_event (customer_id);
     """,
 }
 
@@ -347,6 +376,15 @@ POSTGRES_MIGRATIONS: dict[int, str] = {
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    """,
+    8: """
+    ALTER TABLE radar_user ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE customer ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE message DROP CONSTRAINT message_send_type_check;
+    ALTER TABLE message ADD CONSTRAINT message_send_type_check CHECK (send_type IN (1, 2, 3));
+    CREATE INDEX client_message_by_message ON client_message (message_id);
+    CREATE INDEX attachment_by_message ON attachment (message_id) WHERE message_id IS NOT NULL;
+    CREATE INDEX webhook_event_by_customer ON webhook_event (customer_id);
     """,
 }
 

@@ -92,8 +92,9 @@ class SQLiteDatabase:
             await write_conn.execute("PRAGMA busy_timeout = 5000")
             await write_conn.execute("PRAGMA journal_mode = WAL")
             await write_conn.execute(f"PRAGMA synchronous = {synchronous}")
-            await write_conn.execute("PRAGMA foreign_keys = ON")
+            # Off while migrating: a step that makes a table again drops the old one first.
             await migrate(write_conn)
+            await write_conn.execute("PRAGMA foreign_keys = ON")
             # From here the writer waits for a lock only on its thread, never on the loop.
             await write_conn.execute("PRAGMA busy_timeout = 0")
             read_conn = sqlite3.connect(path, isolation_level=None)
@@ -108,7 +109,7 @@ class SQLiteDatabase:
     def describe(self) -> str:
         return str(self.path.resolve())
 
-    async def watch(self, waiters: Waiters, messages_between: Any) -> None:
+    async def watch(self, waiters: Waiters, messages_between: Any, account_changed: Any = None) -> None:
         """Nothing to watch: only this process writes messages to the file."""
 
     def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
@@ -131,6 +132,11 @@ class SQLiteDatabase:
         return None
 
     storage_failure = staticmethod(storage_failure)
+
+    @staticmethod
+    def names_a_missing_account(error: BaseException) -> bool:
+        """A conversation's row refers to its customer and radar user: one erased meanwhile fails it."""
+        return isinstance(error, sqlite3.IntegrityError) and "FOREIGN KEY" in str(error)
 
     # -- transactions ----------------------------------------------------------
 

@@ -24,14 +24,21 @@ from typing import Any, Protocol
 
 import ujson
 
-from . import media
+from . import accounts, customer_data, media, retention
 from .accounts import AccountCache
 from .metrics import MESSAGES_FROM_CUSTOMERS, MESSAGES_FROM_RADAR_USERS, count_error
 from .outbox import Outbox
 from .outgoing import Outgoing
 from .records import (
+    CUSTOMER_FIELDS,
     FROM_CUSTOMER,
     FROM_RADAR_USER,
+    RADAR_USER_FIELDS,
+    TEXT,
+    TIP,
+    AccountKind,
+    AccountMissing,
+    AccountRowInvalid,
     Attachment,
     Contact,
     Customer,
@@ -40,6 +47,7 @@ from .records import (
     RadarUser,
     SendReceipt,
     Side,
+    account_key,
 )
 from .waiters import Committed, Waiters
 from .writer import Change, Changes, StorageFailing, Writer
@@ -69,13 +77,6 @@ _MESSAGE_FROM_CURSOR = """
     JOIN radar_user u ON u.id = c.user_id
 """
 
-_CUSTOMER_FIELDS = ("username", "headimgurl", "token")
-_RADAR_USER_FIELDS = (
-    "username", "avatar", "mingpian_avatar", "mingpian_phone", "wechat", "wechat_phone", "token",
-)
-
-_CUSTOMER_BY_ID = f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer WHERE id = ?"
-_RADAR_USER_BY_ID = f"SELECT id, {', '.join(_RADAR_USER_FIELDS)} FROM radar_user WHERE id = ?"
 _ACCOUNT_VERSION = "SELECT version FROM account_change"
 
 #: how ``--db`` and ``database.url`` name a PostgreSQL database
@@ -137,12 +138,17 @@ class Database(Protocol):
     def storage_failure(self, error: BaseException) -> StorageFailing | None:
         """The error as a StorageFailing, if the storage rather than the change is at fault."""
 
+    def names_a_missing_account(self, error: BaseException) -> bool:
+        """Whether a write failed because an account it refers to is gone (erased meanwhile)."""
+
     async def reachability_problem(self) -> str | None:
         """Why the database cannot be read now, or None."""
 
-    async def watch(self, waiters: Waiters, messages_between: Callable[[int, int], Awaitable[list[Message]]]) -> None:
+    async def watch(self, waiters: Waiters, messages_between: Callable[[int, int], Awaitable[list[Message]]],
+                    account_changed: Callable[[str, int], None]) -> None:
         """Start waking ``waiters`` for messages other processes commit (``messages_between``:
-        the read of every message with an id from first to last)."""
+        the read of every message with an id from first to last), and calling ``account_changed``
+        for accounts other processes disable, erase or give a new token."""
 
     def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
         """Hand what this process just committed to its ``waiters``, once nothing committed
@@ -208,7 +214,7 @@ class ChatStore:
             database = await SQLiteDatabase.open(sqlite_path(location), synchronous)
         store = cls(database, account_cache_seconds)
         try:
-            await database.watch(store.waiters, store.messages_between)
+            await database.watch(store.waiters, store.messages_between, store.account_changed)
         except BaseException:
             await store.close()
             raise
@@ -270,21 +276,32 @@ class ChatStore:
     # -- accounts ------------------------------------------------------------
 
     async def customer(self, customer_id: int) -> Customer | None:
-        return await self._account(self._customers, _CUSTOMER_BY_ID, Customer, customer_id)
+        return await self._account(self._customers, "customer", customer_id)
 
     async def radar_user(self, user_id: int) -> RadarUser | None:
-        return await self._account(self._radar_users, _RADAR_USER_BY_ID, RadarUser, user_id)
+        return await self._account(self._radar_users, "radar_user", user_id)
 
-    async def _account(self, cache: AccountCache, sql: str, record: type, account_id: int) -> Any:
+    async def _account(self, cache: AccountCache, kind: AccountKind, account_id: int) -> Any:
         if self._account_recheck_seconds > 0 and time.monotonic() >= self._accounts_recheck_at:
             await self._recheck_accounts()
         account = cache.get(account_id)
         if account is None:
-            row = await self._one(sql, (account_id,))
-            if row is not None:
-                account = record(*row)
+            account = await self.account(kind, account_id)
+            if account is not None:
                 cache.put(account_id, account)
         return account
+
+    async def account(self, kind: AccountKind, account_id: int) -> Customer | RadarUser | None:
+        """The account as the database has it now (no cache), disabled or not."""
+        row = await self._one(accounts.select_account(kind), (account_id,))
+        return None if row is None else accounts.account_record(kind, row)
+
+    def account_changed(self, kind: str, account_id: int) -> None:
+        """An account was disabled, erased or given a new token, here or by another process:
+        forget it, and answer its held requests (they were signed by what is no longer valid)."""
+        cache = self._customers if kind == "customer" else self._radar_users
+        cache.drop(account_id)
+        self.waiters.end_account(account_key(kind, account_id))  # type: ignore[arg-type]
 
     async def _recheck_accounts(self) -> None:
         """Empty the account caches if any account changed since the last look (see accounts.py)."""
@@ -304,7 +321,7 @@ class ChatStore:
         row = await self._one("SELECT MIN(id) FROM radar_user WHERE seeded_by_demo = 1", ())
         user = await self.radar_user(row[0]) if row and row[0] is not None else None
         rows = await self._all(
-            f"SELECT id, {', '.join(_CUSTOMER_FIELDS)} FROM customer WHERE seeded_by_demo = 1 ORDER BY id LIMIT ?",
+            f"SELECT id, {', '.join(CUSTOMER_FIELDS)} FROM customer WHERE seeded_by_demo = 1 ORDER BY id LIMIT ?",
             (customers,),
         )
         return user, [Customer(*row) for row in rows]
@@ -316,7 +333,7 @@ class ChatStore:
 
         ``seeded_by_demo`` marks a new account as the demo's own (see ``demo_seeded_accounts``).
         """
-        saved = await self._save_account("customer", _CUSTOMER_FIELDS, customer_id, fields, seeded_by_demo)
+        saved = await self._save_account("customer", CUSTOMER_FIELDS, customer_id, fields, seeded_by_demo)
         self._customers.drop(saved[0])
         return saved
 
@@ -327,7 +344,7 @@ class ChatStore:
 
         ``seeded_by_demo`` marks a new account as the demo's own (see ``demo_seeded_accounts``).
         """
-        saved = await self._save_account("radar_user", _RADAR_USER_FIELDS, user_id, fields, seeded_by_demo)
+        saved = await self._save_account("radar_user", RADAR_USER_FIELDS, user_id, fields, seeded_by_demo)
         self._radar_users.drop(saved[0])
         return saved
 
@@ -360,6 +377,129 @@ class ChatStore:
         return ({account_id: token for account_id, _, token in made_users},
                 {account_id: token for account_id, _, token in made_customers})
 
+    # -- accounts, as the server API changes them ----------------------------------
+
+    async def save_accounts(self, kind: AccountKind, rows: list[dict[str, Any]]) -> list[Customer | RadarUser]:
+        """Create or update every row's account (``{"id": ..., <fields>}``) in one transaction.
+
+        A row's fields are set on an existing account and the rest left as they are; a new
+        account needs a username and gets a random token unless one is given. Nothing is
+        written unless every row can be (AccountRowInvalid names the first that cannot).
+        """
+        allowed = set(CUSTOMER_FIELDS if kind == "customer" else RADAR_USER_FIELDS)
+        planned: list[accounts.AccountRow] = []
+        for index, row in enumerate(rows):
+            unknown = sorted(set(row) - allowed - {"id"})
+            if unknown:
+                raise AccountRowInvalid(index, unknown[0], "not a field of this kind of account")
+            account_id = row.get("id")
+            if not isinstance(account_id, int) or isinstance(account_id, bool) or account_id < 1:
+                raise AccountRowInvalid(index, "id", "an account id is a positive integer")
+            given = {name: value for name, value in row.items() if name != "id" and value is not None}
+            planned.append((account_id, given, {"token": new_token(), **given} if "username" in given else None))
+        saved = await self._run_script(accounts.save_accounts(kind, planned))
+        cache = self._customers if kind == "customer" else self._radar_users
+        for account_id, _, _ in planned:
+            cache.drop(account_id)
+        return saved
+
+    async def rotate_token(self, kind: AccountKind, account_id: int, token: str | None = None) -> str | None:
+        """A new token (random unless given), or None if there is no such account. Requests
+        held with the old one are answered, on every process."""
+        token = token or new_token()
+        if not await self._run_script(accounts.set_token(kind, account_id, token, self._postgres)):
+            return None
+        self.account_changed(kind, account_id)
+        return token
+
+    async def set_disabled(self, kind: AccountKind, account_id: int, disabled: bool) -> Customer | RadarUser | None:
+        """Disable (its requests are refused, its held ones answered on every process) or enable
+        an account; None if there is no such account."""
+        account = await self._run_script(accounts.set_disabled(kind, account_id, disabled, self._postgres))
+        if account is not None:
+            self.account_changed(kind, account_id)
+        return account
+
+    @property
+    def _postgres(self) -> bool:
+        return self.database.name == "postgresql"
+
+    # -- tips ----------------------------------------------------------------------
+
+    async def send_tip(
+        self, customer_id: int, user_id: int, text: str, client_msg_id: str | None = None
+    ) -> SendReceipt:
+        """The server's own words in a conversation (send_type 3): stored and delivered to both
+        sides like any message, but unread for neither and never the cause of a webhook.
+        AccountMissing if the customer or the radar user does not exist."""
+        if await self.customer(customer_id) is None:
+            raise AccountMissing("customer", customer_id)
+        if await self.radar_user(user_id) is None:
+            raise AccountMissing("radar_user", user_id)
+        return await self.send(customer_id, user_id, TIP, {"info_type": TEXT, "msg": text}, client_msg_id)
+
+    # -- a customer's data: a copy, and erasure ---------------------------------------
+
+    async def customer_export(self, customer_id: int) -> customer_data.CustomerExport | None:
+        """Everything kept about a customer, to be read page by page; None if there is no such customer."""
+        customer = await self.account("customer", customer_id)
+        if not isinstance(customer, Customer):
+            return None
+        return customer_data.CustomerExport(self.database.fetch, customer)
+
+    async def erase_customer(
+        self, customer_id: int, delete_files: Callable[[list[str]], Awaitable[None]]
+    ) -> dict[str, int]:
+        """Remove everything kept about a customer, and the account; how many of each went.
+
+        The account is disabled first (its held requests answered, on every process), then its
+        messages go in batches of ``customer_data.ERASE_BATCH``, each its own transaction, so
+        that sends keep committing in between; the last transaction takes the rest and the
+        account. Files go from the media store once the records naming them are gone. Erasing
+        a customer who is not there removes nothing and is no error.
+        """
+        removed = dict.fromkeys(customer_data.ERASED, 0)
+        if await self._run_script(customer_data.disable(customer_id, self._postgres)):
+            self.account_changed("customer", customer_id)
+        while True:
+            batch = await self._run_script(customer_data.erase_messages(customer_id, customer_data.ERASE_BATCH))
+            await self._forget_files(batch, removed, delete_files)
+            if batch.removed["messages"] < customer_data.ERASE_BATCH:
+                break
+        for attempt in range(customer_data.FINAL_ATTEMPTS):
+            try:
+                rest = await self._run_script(customer_data.erase_rest(customer_id, self._postgres))
+                break
+            except Exception as error:  # a send of theirs committed a new conversation meanwhile: again
+                if attempt + 1 == customer_data.FINAL_ATTEMPTS or not self.database.names_a_missing_account(error):
+                    raise
+        await self._forget_files(rest, removed, delete_files)
+        self.account_changed("customer", customer_id)
+        return removed
+
+    @staticmethod
+    async def _forget_files(
+        erased: customer_data.Erased, removed: dict[str, int], delete_files: Callable[[list[str]], Awaitable[None]]
+    ) -> None:
+        for name, count in erased.removed.items():
+            removed[name] += count
+        if erased.files:
+            await delete_files(erased.files)
+            removed["files"] += len(erased.files)
+
+    # -- retention -------------------------------------------------------------------
+
+    async def expire_messages(self, created_before: str, limit: int) -> retention.Expired:
+        """Delete up to ``limit`` of the oldest messages created before ``created_before`` (a local
+        timestamp, as messages keep them) with their idempotency keys and attachment records."""
+        expired: retention.Expired = await self._run_script(retention.expire_messages(created_before, limit))
+        return expired
+
+    async def expire_webhook_events(self, status: str, finished_before: float, limit: int) -> int:
+        """Delete up to ``limit`` webhook events that ended (delivered or failed) before ``finished_before``."""
+        count: int = await self._run_script(retention.expire_webhook_events(status, finished_before, limit))
+        return count
+
     # -- sending ---------------------------------------------------------------
 
     async def send(
@@ -383,7 +523,12 @@ class ChatStore:
             customer_id, user_id, send_type, ujson.dumps(content, ensure_ascii=False), local_timestamp(),
             client_msg_id, content, attachment_id,
         )
-        receipt, _ = await self._writer.submit(Change.SEND, outgoing)
+        try:
+            receipt, _ = await self._writer.submit(Change.SEND, outgoing)
+        except Exception as error:
+            if self.database.names_a_missing_account(error):  # erased meanwhile
+                raise AccountMissing("customer", customer_id) from None
+            raise
         return receipt
 
     def _wake_waiters(self, changes: list[tuple[Change, Any, Any]]) -> None:
@@ -393,10 +538,11 @@ class ChatStore:
         stored = [(sent, result) for kind, sent, result in changes
                   if kind is Change.SEND and not result[0].duplicate]
         from_customers = sum(1 for sent, _ in stored if sent.send_type == FROM_CUSTOMER)
+        from_radar_users = sum(1 for sent, _ in stored if sent.send_type == FROM_RADAR_USER)
         if from_customers:  # one increment per commit and side, not per message
             MESSAGES_FROM_CUSTOMERS.inc(from_customers)
-        if len(stored) > from_customers:
-            MESSAGES_FROM_RADAR_USERS.inc(len(stored) - from_customers)
+        if from_radar_users:
+            MESSAGES_FROM_RADAR_USERS.inc(from_radar_users)
         handed = [(sent.customer_id, sent.user_id, self._as_message(sent, *result))
                   for sent, result in stored if self.waiters.awaited(sent.customer_id, sent.user_id)]
         if stored:  # even with nobody waiting here: on PostgreSQL the commit's doorbell waits for this
@@ -471,7 +617,7 @@ class ChatStore:
                 "c.customer_id = ? AND c.user_id = ? AND m.id > c.customer_read_id ORDER BY m.id LIMIT ?",
                 (customer_id, user_id, limit),
             )
-        where, params = self._radar_unread_filter(user_id, customer_id)
+        where, params = self._radar_unread_filter(user_id, customer_id, delivered=True)
         return await self._messages(f"{where} ORDER BY m.id LIMIT ?", (*params, limit))
 
     async def messages_after(
@@ -508,12 +654,14 @@ class ChatStore:
         return count
 
     @staticmethod
-    def _radar_unread_filter(user_id: int, customer_id: int | None) -> tuple[str, tuple]:
+    def _radar_unread_filter(user_id: int, customer_id: int | None, delivered: bool = False) -> tuple[str, tuple]:
+        """The radar user's unread messages: the customer's; ``delivered``: tips too, which are
+        delivered to both sides but counted as unread by neither."""
         where = (
             "c.user_id = ? AND c.last_customer_message_id > c.user_read_id"
-            " AND m.id > c.user_read_id AND m.send_type = ?"
+            f" AND m.id > c.user_read_id AND m.send_type {'<>' if delivered else '='} ?"
         )
-        params: tuple = (user_id, FROM_CUSTOMER)
+        params: tuple = (user_id, FROM_RADAR_USER if delivered else FROM_CUSTOMER)
         if customer_id is not None:
             where += " AND c.customer_id = ?"
             params += (customer_id,)

@@ -26,6 +26,8 @@ Committed = tuple[int, int, "Message | None"]
 
 #: what a held request is handed when a newer one of the same account took its place
 SUPERSEDED = "superseded"
+#: what a held request is handed when its account was disabled, erased or given a new token
+ACCOUNT_ENDED = "account ended"
 
 
 class Handed(NamedTuple):
@@ -82,6 +84,15 @@ class Waiters:
             del held[oldest]
             if not oldest.done():
                 oldest.set_result(SUPERSEDED)
+
+    def end_account(self, account: object) -> int:
+        """Answer every held wait of ``account`` with ``ACCOUNT_ENDED``; how many there were."""
+        ended = 0
+        for future in list(self._held_by.get(account, ())):
+            if not future.done():
+                future.set_result(ACCOUNT_ENDED)
+                ended += 1
+        return ended
 
     def discard(self, keys: Iterable[WaitKey], future: asyncio.Future, account: object = None) -> None:
         """The wait on ``future`` is over, whatever ended it."""
