@@ -21,14 +21,15 @@ if TYPE_CHECKING:
     from media import Media
 
 
-def signed_links(media: Media | None, base: str | None) -> AttachmentLinks | None:
+def signed_links(media: Media | None, base: str | None, valid_seconds: int | None = None) -> AttachmentLinks | None:
     """The signer of upload URLs for the items of one answer: absolute URLs (the pages live on
     other origins), starting with ``media.base_url``, else ``base`` (the request's own scheme
-    and host; None, as for webhook events: paths from the server's root)."""
+    and host; None, as for webhook events: paths from the server's root). They work for
+    ``media.url_ttl_seconds``, or ``valid_seconds`` (a customer's data export: a day)."""
     if media is None:
         return None
     prefix = media.settings.base_url.rstrip("/") or base or ""
-    links = media.links
+    links = media.links if valid_seconds is None else media.links.lasting(valid_seconds)
 
     def sign(attachment_id: str, has_thumbnail: bool) -> tuple[str, str | None]:
         thumbnail = prefix + links.path(attachment_id, "thumbnail") if has_thumbnail else None

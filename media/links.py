@@ -30,6 +30,12 @@ class MediaLinks:
         self.ttl_seconds = ttl_seconds
         self._step = max(1, min(MAX_ROUNDING_SECONDS, ttl_seconds // ROUNDING_PARTS))
 
+    def lasting(self, ttl_seconds: int) -> MediaLinks:
+        """The same key's URLs with another lifetime (a customer's data export: a day)."""
+        links = MediaLinks("", ttl_seconds)
+        links._key = self._key
+        return links
+
     def expiry(self, now: float | None = None) -> int:
         """When a URL made now stops working: at least ``ttl_seconds`` away, on a step boundary."""
         now = time.time() if now is None else now
