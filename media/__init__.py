@@ -31,8 +31,6 @@ log = logging.getLogger("leida_chat.media")
 
 #: how many unclaimed uploads one sweep deletes before looking again
 SWEEP_BATCH = 50
-#: how often the sweep runs
-SWEEP_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
