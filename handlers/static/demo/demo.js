@@ -7,6 +7,12 @@
   "use strict";
 
   var PAGE = 20;
+  var TIP = 3; // send_type of a tip: the server's own words in a conversation, shown to both sides
+
+  /** A tip is nobody's message: neither side's bubble, never unread. */
+  function isTip(item) {
+    return !!item && Number(item.send_type) === TIP;
+  }
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -260,8 +266,8 @@
     toastTimer = setTimeout(function () { t.hidden = true; }, 2200);
   }
 
-  /** One message as a list block: a time divider (shown by the list) and the row. */
-  function messageBlock(item, mine, avatarNode, onMediaLoad) {
+  /** A list block for an item: its time divider (shown by the list), its time and id; the caller adds the rest. */
+  function blockShell(item) {
     var block = el("div", "msg-block");
     var divider = el("div", "time-divider");
     divider.appendChild(el("span"));
@@ -270,7 +276,12 @@
     var when = parseTime(item.dateTime);
     block.setAttribute("data-time", String(when ? when.getTime() : Date.now()));
     if (item.id !== undefined && item.id !== null) block.setAttribute("data-block-id", String(item.id));
+    return block;
+  }
 
+  /** One message as a list block: a time divider (shown by the list) and the row. */
+  function messageBlock(item, mine, avatarNode, onMediaLoad) {
+    var block = blockShell(item);
     var row = el("div", "msg-row" + (mine ? " mine" : ""));
     row.setAttribute("data-testid", "message");
     row.setAttribute("data-id", item.id !== undefined && item.id !== null ? String(item.id) : "");
@@ -281,6 +292,18 @@
     body.appendChild(el("div", "msg-status"));
     row.appendChild(body);
     block.appendChild(row);
+    return block;
+  }
+
+  /** A tip (send_type 3) as a list block: a grey line in the middle, as WeChat's system lines; no avatar, no bubble. */
+  function tipBlock(item) {
+    var block = blockShell(item);
+    var line = el("div", "tip");
+    line.setAttribute("data-testid", "tip");
+    line.setAttribute("data-id", item.id !== undefined && item.id !== null ? String(item.id) : "");
+    line.setAttribute("data-send-type", String(item.send_type));
+    line.appendChild(el("span", null, item.msg || ""));
+    block.appendChild(line);
     return block;
   }
 
@@ -590,6 +613,8 @@
 
   root.LeidaDemo = {
     PAGE: PAGE,
+    TIP: TIP,
+    isTip: isTip,
     el: el,
     safeUrl: safeUrl,
     firstChar: firstChar,
@@ -610,6 +635,7 @@
     toast: toast,
     setBlockId: setBlockId,
     messageBlock: messageBlock,
+    tipBlock: tipBlock,
     messageList: messageList,
   };
 })(window);
