@@ -8,6 +8,8 @@ the app and the app to a server, and is the command line's entry point:
 and the parser itself, are leida_commands.py's. Installed, the same command
 line is the ``leida-chat`` command.
 ``serve --processes N`` forks N workers onto one port (PostgreSQL only).
+Besides the public port it listens for Prometheus (``metrics``) and for the
+CRM's server API (``server_api``, server_api/), each on a port of its own.
 """
 from __future__ import annotations
 
@@ -44,11 +46,13 @@ from leida_config import (
     comma_list,
     cors_origins,
     media_directory,
+    server_api_keys,
     webhook_settings,
     worker_count,
 )
 from media import KEY_NAME as MEDIA_URL_KEY
 from media import SWEEP_SECONDS, Media, MediaSettings
+from server_api import make_server_api_app
 from storage import ChatStore
 from webhooks import WebhookSender
 
@@ -146,6 +150,41 @@ def listen_for_scrapes(metrics_config: dict[str, Any], worker: int | None = None
     return metrics_server
 
 
+def listen_for_the_crm(config: Config, store: ChatStore, media: Media, sockets: list | None = None,
+                       worker: int | None = None) -> HTTPServer:
+    """The server API's listener (server_api/), apart from the public port: the CRM's network is
+    not the public's, and a port of its own is never reached through the public proxy by a routing
+    mistake and can be bound to a private interface. It listens even with no keys (the API is off
+    and says so). Workers of ``--processes`` share the ``sockets`` their parent bound, one port.
+    """
+    section = config["server_api"]
+    keys = server_api_keys(config)
+    app = make_server_api_app(store, media, keys, msg_max_chars=config["limits"]["msg_max_chars"],
+                              access_log=config["log"]["access"])
+    server = HTTPServer(app, idle_connection_timeout=config["server"]["idle_connection_timeout"],
+                        body_timeout=config["server"]["body_timeout"])
+    try:
+        if sockets is None:
+            server.listen(section["port"], section["host"])
+        else:
+            server.add_sockets(sockets)
+    except OSError as error:
+        raise SystemExit(_cannot_listen_for_the_crm(section, error)) from None
+    port = next(iter(server._sockets.values())).getsockname()[1]
+    if keys:
+        log.info("%sserver API on http://%s:%d/api/v1/ (keys: %s)", _worker_prefix(worker), section["host"], port,
+                 ", ".join(key.name for key in keys))
+    else:
+        log.info("%sserver API on http://%s:%d/api/v1/ is off: no server_api.keys", _worker_prefix(worker),
+                 section["host"], port)
+    return server
+
+
+def _cannot_listen_for_the_crm(section: dict[str, Any], error: OSError) -> str:
+    return (f"cannot listen for the server API on {section['host']}:{section['port']}: {error.strerror} "
+            "(server_api.host / LEIDA_SERVER_API_HOST, server_api.port / LEIDA_SERVER_API_PORT; port 0 takes any free one)")
+
+
 def _worker_prefix(worker: int | None) -> str:
     return "" if worker is None else f"worker {worker}: "
 
@@ -155,11 +194,12 @@ def collect_fully() -> None:
 
 
 async def serve(config: Config, sockets: list | None = None, worker: int | None = None,
-                stop_fd: int | None = None) -> None:
+                stop_fd: int | None = None, server_api_sockets: list | None = None) -> None:
     """Run until SIGINT or SIGTERM, then answer held requests, let sends finish, and close.
 
-    A worker of ``serve_in_processes`` is given the shared ``sockets``, its number, and
-    ``stop_fd``: the read end of a pipe whose end of file (the parent closed it, or died) also stops it.
+    A worker of ``serve_in_processes`` is given the shared ``sockets`` (and ``server_api_sockets``),
+    its number, and ``stop_fd``: the read end of a pipe whose end of file (the parent closed it, or
+    died) also stops it.
     """
     server_config = config["server"]
     # The writer thread needs the GIL back after every commit; by default a busy
@@ -212,6 +252,14 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
         await media.close()
         await store.close()
         raise
+    try:
+        crm_server = listen_for_the_crm(config, store, media, server_api_sockets, worker)
+    except SystemExit:
+        server.stop()
+        metrics_server.stop()
+        await media.close()
+        await store.close()
+        raise
     log.info(
         "%sleida-chat listening on http://%s:%d, database %s (open-file limit %d, %s loop)",
         _worker_prefix(worker), server_config["host"], port, store.database.describe(), open_files,
@@ -239,11 +287,13 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
     log.info("%sstopping: answering held requests and finishing in-flight sends", _worker_prefix(worker))
     server.stop()
     metrics_server.stop()
+    crm_server.stop()
     app.settings["inflight"].stopping = True
     store.waiters.close()
     if not await app.settings["inflight"].drained(server_config["shutdown_grace_seconds"]):
         log.warning("%d requests still open after the grace period", app.settings["inflight"].count)
     await server.close_all_connections()
+    await crm_server.close_all_connections()
     if sender is not None:
         await sender.stop()
     sweep.stop()
@@ -288,7 +338,8 @@ def serve_in_processes(config: Config, count: int) -> int:
     its own. SIGTERM or SIGINT to this parent stops every worker as ``serve`` stops one
     (held requests answered, sends finished), and the parent exits 0 once all have; a
     worker that crashes is started again. The schema is brought up to date once, here,
-    so that a database out of reach stops the start with one message.
+    so that a database out of reach stops the start with one message. The server API's
+    socket is bound here too, so that every worker answers the CRM on one port.
     """
     server_config = config["server"]
     asyncio.run(_check_database(config))
@@ -296,6 +347,10 @@ def serve_in_processes(config: Config, count: int) -> int:
         sockets = bind_sockets(server_config["port"], server_config["host"], backlog=LISTEN_BACKLOG)
     except OSError as error:
         raise SystemExit(f"cannot listen on {server_config['host']}:{server_config['port']}: {error.strerror}") from None
+    try:
+        server_api_sockets = bind_sockets(config["server_api"]["port"], config["server_api"]["host"])
+    except OSError as error:
+        raise SystemExit(_cannot_listen_for_the_crm(config["server_api"], error)) from None
     stop_read, stop_write = os.pipe()
     parent = os.getpid()
     stop_sent: list[bool] = []
@@ -312,7 +367,7 @@ def serve_in_processes(config: Config, count: int) -> int:
     worker = fork_processes(count, max_restarts=MAX_WORKER_RESTARTS)  # only workers return; the parent exits
     os.close(stop_write)
     with asyncio.Runner(loop_factory=event_loop_factory(server_config["event_loop"])) as runner:
-        runner.run(serve(config, sockets, worker, stop_read))
+        runner.run(serve(config, sockets, worker, stop_read, server_api_sockets))
     return 0
 
 

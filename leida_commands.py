@@ -3,8 +3,9 @@
 ``leida_chat.py`` parses with ``parse_args``, loads the configuration with
 ``config_for`` and runs the server itself (``serve`` and ``demo``); every
 other command (``add-user``, ``add-customer``, ``demo-accounts``, ``backup``,
-``webhooks`` and ``media``) is run by ``run_command``, which opens the store,
-does its one job, closes the store, and prints its answer as JSON on stdout.
+``webhooks``, ``media``, ``export-customer`` and ``erase-customer``) is run by
+``run_command``, which opens the store, does its one job, closes the store, and
+prints its answer as JSON on stdout.
 """
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from leida_config import Config, check, config_file, database_location, load_config
+from handlers.items import signed_links
+from leida_config import Config, check, config_file, database_location, load_config, media_directory
+from media import KEY_NAME as MEDIA_URL_KEY
+from media import Media, MediaSettings
 from storage import FROM_RADAR_USER, ChatStore, is_postgres, sqlite_path
 from storage.backup import backup
+from storage.customer_data import EXPORT_LINK_SECONDS
 from storage.outbox import iso_utc
 from storage.schema import SchemaTooNew
 
@@ -135,6 +140,60 @@ async def media_usage(config: Config) -> dict[str, Any]:
             "total": {key: sum(figures[key] for figures in usage.values()) for key in usage["image"]}}
 
 
+# -- a customer's data ----------------------------------------------------------
+
+
+async def open_media_room(config: Config, store: ChatStore) -> Media:
+    """The media store the server uses, with the URL key every process shares."""
+    settings = MediaSettings.from_config({**config["media"], "directory": media_directory(config)})
+    return await Media.open(settings, await store.server_key(MEDIA_URL_KEY))
+
+
+async def export_customer(config: Config, customer_id: int, out: Path | None) -> dict[str, Any] | None:
+    """The customer's data as the server API's export gives it (one JSON document, its picture
+    and video URLs signed for a day), written a piece at a time to ``out`` or to stdout; None
+    if there is no such customer (nothing is written)."""
+    store = await open_store(config)
+    media = None
+    try:
+        export = await store.customer_export(customer_id)
+        if export is None:
+            return None
+        media = await open_media_room(config, store)
+        links = signed_links(media, None, EXPORT_LINK_SECONDS)
+        written = 0
+        target = open(out, "wb") if out is not None else sys.stdout.buffer
+        try:
+            async for chunk in export.json_chunks(links):
+                data = chunk.encode("utf-8")
+                target.write(data)
+                written += len(data)
+            target.flush()
+        finally:
+            if out is not None:
+                target.close()
+    finally:
+        if media is not None:
+            await media.close()
+        await store.close()
+    return {"customer_id": customer_id, "out": str(out), "bytes": written}
+
+
+async def erase_customer(config: Config, customer_id: int) -> dict[str, Any]:
+    """Everything kept about the customer removed, files too, as the server API's erasure does;
+    what went, counted (all zeros for a customer who is not there)."""
+    store = await open_store(config)
+    try:
+        media = await open_media_room(config, store)
+        try:
+            removed = await store.erase_customer(customer_id, media.delete)
+        finally:
+            await media.close()
+    finally:
+        await store.close()
+    return {"customer_id": customer_id, "removed": removed}
+
+
 # -- accounts -----------------------------------------------------------------
 
 
@@ -176,6 +235,17 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
                   f"(pg_dump --format=custom --file=OUT 'URL'; README.md, Backups)", file=sys.stderr)
             return 2
         print(json.dumps(backup(sqlite_path(location), args.out)))
+        return 0
+    if args.command == "export-customer":
+        exported = asyncio.run(export_customer(config, args.id, args.out))
+        if exported is None:
+            print(f"{PROGRAM} export-customer: no customer with id {args.id}", file=sys.stderr)
+            return 1
+        if args.out is not None:
+            print(json.dumps(exported, ensure_ascii=False))
+        return 0
+    if args.command == "erase-customer":
+        print(json.dumps(asyncio.run(erase_customer(config, args.id))))
         return 0
     if args.command == "media":
         print(json.dumps(asyncio.run(media_usage(config))))
@@ -285,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("media", "uploads (pictures and videos) by type: count and bytes, and those no message claimed; "
                      "prints JSON")
+
+    export = command("export-customer", "write everything kept about a customer as one JSON document to stdout "
+                                         "(or --out FILE, then prints {\"customer_id\", \"out\", \"bytes\"})")
+    export.add_argument("id", type=_account_id, metavar="ID", help="the customer's id")
+    export.add_argument("--out", type=Path, help="file to write the document to (replaced if it exists)")
+    erase = command("erase-customer", "remove a customer and everything kept about them (messages, "
+                                      "conversations, files); prints {\"customer_id\", \"removed\": {counts}}")
+    erase.add_argument("id", type=_account_id, metavar="ID", help="the customer's id")
 
     numbered = command("demo-accounts", "create numbered radar users and customers in one transaction")
     numbered.add_argument("--users", type=_count, required=True)

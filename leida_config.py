@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from server_api.auth import KeysInvalid, ServerApiKey, parse_keys
 from storage.store import SQLITE_SCHEME, is_postgres, sqlite_path
 from webhooks import SecretError, WebhookSettings, parse_secrets
 
@@ -56,6 +57,10 @@ DEFAULTS: Config = {
     # the range Prometheus exporters use (9100-9999), clear of the ports its wiki lists as
     # taken, and fixed so that a scrape config is written once; 0 takes any free port (logged).
     "metrics": {"host": "127.0.0.1", "port": 9480},
+    # The CRM's API (server_api/), on a listener of its own: never the public port. 9481 sits beside
+    # the metrics port; 0 takes any free port (logged). keys: comma-separated name:secret (secrets of
+    # 16 characters or more; prefer LEIDA_SERVER_API_KEYS); empty: the API is off (404 problems).
+    "server_api": {"host": "127.0.0.1", "port": 9481, "keys": ""},
     # offline notifications: url empty = off; secret is whsec_<base64> (several, space-separated, to rotate)
     # pictures and videos (media/): where they are kept, what is accepted, how long their URLs work
     # directory empty: media/ beside the SQLite file (data/media by default), or data/media on PostgreSQL
@@ -142,7 +147,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
 
 def check(config: Config) -> None:
     server, longpoll, limits = config["server"], config["longpoll"], config["limits"]
-    for name, port in (("server.port", server["port"]), ("metrics.port", config["metrics"]["port"])):
+    for name, port in (("server.port", server["port"]), ("metrics.port", config["metrics"]["port"]),
+                       ("server_api.port", config["server_api"]["port"])):
         if not 0 <= port <= 65535:
             raise ConfigError(f"{name} must be between 0 and 65535")
     if longpoll["timeout"] < 0 or longpoll["max_timeout"] <= 0:
@@ -176,6 +182,7 @@ def check(config: Config) -> None:
     check_database(config)
     check_media(config)
     webhook_settings(config)
+    server_api_keys(config)
     if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):
         raise ConfigError("log.level must be DEBUG, INFO, WARNING or ERROR")
 
@@ -247,6 +254,15 @@ def webhook_settings(config: Config) -> WebhookSettings | None:
                           "(LEIDA_WEBHOOK_SECRET)")
     return WebhookSettings(webhook["url"], keys, webhook["unread_after_seconds"], webhook["timeout_seconds"],
                            retry_seconds)
+
+
+def server_api_keys(config: Config) -> tuple[ServerApiKey, ...]:
+    """The server API's keys (``server_api.keys``); none: the API is off. Errors name the
+    setting and the entry's position, never a secret."""
+    try:
+        return parse_keys(config["server_api"]["keys"])
+    except KeysInvalid as error:
+        raise ConfigError(f"server_api.keys: {error} (LEIDA_SERVER_API_KEYS: comma-separated name:secret)") from None
 
 
 def media_directory(config: Config) -> Path:

@@ -155,7 +155,7 @@ class ChatServer:
         self.db = database or (postgres_cluster().new_database() if backend == "postgresql"
                                else str(self.dir / "bench.db"))
         self.port = free_port()
-        self.env = {"LEIDA_METRICS_PORT": "0", **os.environ, "LEIDA_LOG_ACCESS": "false",
+        self.env = {"LEIDA_METRICS_PORT": "0", "LEIDA_SERVER_API_PORT": "0", **os.environ, "LEIDA_LOG_ACCESS": "false",
                     "LEIDA_LONGPOLL_MAX_WAITERS": str(customers + 1000), **(env or {})}
         self.python = python
         self.entry = entry or [python, str(ROOT / "leida_chat.py")]

@@ -46,10 +46,12 @@ METRICS = re.compile(r"metrics on http://(?P<host>[0-9.]+):(?P<port>\d+)/metrics
 def clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without any LEIDA_* setting leaking in from outside.
 
-    The metrics listener takes any free port, so that servers of parallel tests never collide on 9480.
+    The metrics and server-API listeners take any free port, so that servers of parallel tests never
+    collide on 9480 and 9481.
     """
     env = {name: value for name, value in os.environ.items() if not name.upper().startswith("LEIDA_")}
     env["LEIDA_METRICS_PORT"] = "0"
+    env["LEIDA_SERVER_API_PORT"] = "0"
     env.update(extra)
     return env
 
