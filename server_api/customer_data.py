@@ -61,7 +61,8 @@ class ExportHandler(ServerApiHandler):
                 self.write(chunk)
                 written += len(chunk)
                 await self.flush()
-        except StreamClosedError:  # the caller hung up: stop reading (audited as interrupted)
+        except StreamClosedError:  # the caller hung up: stop reading
+            self.audit_counts["interrupted"] = 1
             return
         finally:
             self.audit_counts["chars"] = written
