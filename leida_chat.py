@@ -51,9 +51,10 @@ from leida_config import (
     worker_count,
 )
 from media import KEY_NAME as MEDIA_URL_KEY
-from media import SWEEP_SECONDS, Media, MediaSettings
+from media import Media, MediaSettings
 from server_api import make_server_api_app
 from storage import ChatStore
+from storage.retention import Retention, RetentionSettings
 from webhooks import WebhookSender
 
 log = logging.getLogger("leida_chat")
@@ -267,7 +268,7 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
     )
     if sender is not None:
         sender.start()
-    sweep = sweep_unclaimed_uploads(media, store)
+    retention = keep_retention(config, media, store)
     if demo:
         customer_page, radar_page = demo_urls(server_config["host"], port)
         log.warning("demo mode: /demo/accounts.json hands out the demo accounts' tokens to this machine; "
@@ -296,7 +297,7 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
     await crm_server.close_all_connections()
     if sender is not None:
         await sender.stop()
-    sweep.stop()
+    await retention.stop()
     await media.close()
     await store.close()
     log.info("%sstopped after %d commits of %d changes", _worker_prefix(worker), store.commits, store.changes)
@@ -310,26 +311,13 @@ async def open_media(config: Config, store: ChatStore) -> Media:
     return media
 
 
-def sweep_unclaimed_uploads(media: Media, store: ChatStore) -> PeriodicCallback:
-    """Now and every SWEEP_SECONDS: uploads no message claimed within media.unclaimed_hours go."""
-    running: list[asyncio.Task] = []
-
-    def sweep() -> None:
-        if running and not running[-1].done():
-            return
-        running[:] = [asyncio.get_running_loop().create_task(_sweep(media, store))]
-
-    periodic = PeriodicCallback(sweep, SWEEP_SECONDS * 1000)
-    periodic.start()
-    sweep()
-    return periodic
-
-
-async def _sweep(media: Media, store: ChatStore) -> None:
-    try:
-        await media.sweep_unclaimed(store)
-    except Exception:  # the database or the store out of reach: the next sweep tries again
-        log.warning("sweeping unclaimed uploads failed", exc_info=True)
+def keep_retention(config: Config, media: Media, store: ChatStore) -> Retention:
+    """Now and every ten minutes: old messages (retention.message_days), ended webhook events
+    and uploads no message claimed within media.unclaimed_hours are deleted (storage/retention.py)."""
+    retention = Retention(store, RetentionSettings.from_config(config), media.delete,
+                          lambda: media.sweep_unclaimed(store))
+    retention.start()
+    return retention
 
 
 def serve_in_processes(config: Config, count: int) -> int:

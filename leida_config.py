@@ -70,7 +70,10 @@ DEFAULTS: Config = {
               "base_url": "", "s3_endpoint": "", "s3_bucket": "", "s3_region": "us-east-1",
               "s3_presign_seconds": 90},
     "webhook": {"url": "", "secret": "", "unread_after_seconds": 60.0, "timeout_seconds": 10.0,
-                "retry_seconds": "0,5,300,1800,7200,18000,36000,36000"},
+                "retry_seconds": "0,5,300,1800,7200,18000,36000,36000",
+                "retention_days": 7.0, "failed_retention_days": 30.0},
+    # what stops being kept (storage/retention.py): messages older than message_days (0: forever)
+    "retention": {"message_days": 0.0},
 }
 
 
@@ -181,6 +184,7 @@ def check(config: Config) -> None:
         raise ConfigError("server.event_loop must be auto, asyncio or uvloop")
     check_database(config)
     check_media(config)
+    check_retention(config)
     webhook_settings(config)
     server_api_keys(config)
     if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):
@@ -263,6 +267,14 @@ def server_api_keys(config: Config) -> tuple[ServerApiKey, ...]:
         return parse_keys(config["server_api"]["keys"])
     except KeysInvalid as error:
         raise ConfigError(f"server_api.keys: {error} (LEIDA_SERVER_API_KEYS: comma-separated name:secret)") from None
+
+
+def check_retention(config: Config) -> None:
+    for name, value in (("retention.message_days", config["retention"]["message_days"]),
+                        ("webhook.retention_days", config["webhook"]["retention_days"]),
+                        ("webhook.failed_retention_days", config["webhook"]["failed_retention_days"])):
+        if not 0 <= value <= 36500:
+            raise ConfigError(f"{name} must be between 0 (keep forever) and 36500 days")
 
 
 def media_directory(config: Config) -> Path:
