@@ -15,14 +15,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from storage.records import (
-    CUSTOMER_FIELDS,
-    RADAR_USER_FIELDS,
-    AccountKind,
-    AccountRowInvalid,
-    Customer,
-    RadarUser,
-)
+from handlers.params import INT64_MAX
+from storage.records import ACCOUNT_FIELDS, AccountKind, AccountRowInvalid, Customer, RadarUser
 
 from .base import ServerApiHandler, parse_id
 from .customer_data import erase_customer
@@ -30,21 +24,17 @@ from .problems import FieldError, InvalidInput, Problem
 
 #: most rows one bulk call takes (one transaction: a sync job sends its changes in pages of this many)
 MAX_BULK_ROWS = 1000
-#: what a path segment says, as storage names the kind
-KINDS: dict[str, AccountKind] = {"customers": "customer", "radar_users": "radar_user"}
-SETTABLE: dict[str, tuple[str, ...]] = {"customer": CUSTOMER_FIELDS, "radar_user": RADAR_USER_FIELDS}
-#: the longest value of each kind of field, in characters
+#: the longest value of each kind of field, in characters (phones and WeChat ids are the short ones)
 MAX_NAME_CHARS, MAX_URL_CHARS, MAX_SHORT_CHARS, MAX_TOKEN_CHARS = 128, 2048, 64, 128
 URL_FIELDS = frozenset({"headimgurl", "avatar", "mingpian_avatar"})
-SHORT_FIELDS = frozenset({"mingpian_phone", "wechat", "wechat_phone"})
-ID_MAX = 2**63 - 1
+#: the largest id an account may have (both databases' 64-bit integers)
+ID_MAX = INT64_MAX
 
 
 def render_account(account: Customer | RadarUser, with_token: bool) -> dict[str, Any]:
     """The account's fields and ``disabled``; the token only when asked for."""
-    kind: AccountKind = "customer" if isinstance(account, Customer) else "radar_user"
     shown: dict[str, Any] = {"id": account.id}
-    for name in SETTABLE[kind]:
+    for name in ACCOUNT_FIELDS[account.kind]:
         if name != "token":
             shown[name] = getattr(account, name)
     shown["disabled"] = account.disabled
@@ -111,7 +101,7 @@ def check_row(kind: AccountKind, row: Any, index: int | None, path_id: int | Non
         what = "a row" if index is not None else "the body"
         return {}, [FieldError("row" if index is not None else "body", f"{what} must be a JSON object", index)]
     errors: list[FieldError] = []
-    allowed = SETTABLE[kind]
+    allowed = ACCOUNT_FIELDS[kind]
     account_id = row.get("id", path_id)
     if "id" not in row and path_id is None:
         errors.append(FieldError("id", "id is required", index))
