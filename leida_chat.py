@@ -79,6 +79,7 @@ def api_settings(config: Config) -> ApiSettings:
         msg_max_chars=config["limits"]["msg_max_chars"],
         content_max_bytes=config["limits"]["content_max_bytes"],
         history_max_length=config["limits"]["history_max_length"],
+        recall_seconds=config["chat"]["recall_seconds"],
         max_body_bytes=config["server"]["max_body_bytes"],
         cors_origins=cors_origins(config["server"]["cors_origins"]),
     )

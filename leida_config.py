@@ -52,6 +52,8 @@ DEFAULTS: Config = {
     "longpoll": {"timeout": 25.0, "max_timeout": 55.0, "max_items": 200, "max_waiters": 10000,
                  "max_waiters_per_account": 8},
     "limits": {"msg_max_chars": 5000, "content_max_bytes": 16 * 1024, "history_max_length": 100},
+    # recall (撤回): how long after its sending a message can be taken back (WeChat's two minutes); 0: off
+    "chat": {"recall_seconds": 120.0},
     "log": {"level": "INFO", "access": True},
     # Prometheus metrics, on a listener of their own (never the public port): 9480 sits in
     # the range Prometheus exporters use (9100-9999), clear of the ports its wiki lists as
@@ -185,6 +187,8 @@ def check(config: Config) -> None:
     check_database(config)
     check_media(config)
     check_retention(config)
+    if not 0 <= config["chat"]["recall_seconds"] <= 86400:
+        raise ConfigError("chat.recall_seconds must be between 0 (recall off) and 86400")
     webhook_settings(config)
     server_api_keys(config)
     if not isinstance(logging.getLevelName(config["log"]["level"].upper()), int):

@@ -13,6 +13,7 @@ from .items import customer_history_item, customer_item
 from .longpoll import LongPollHandler
 from .media import UploadHandler as MediaUploadHandler
 from .params import Params
+from .recall import RecallMessageHandler, TypingHandler
 from .sending import SendMessageHandler
 
 
@@ -64,6 +65,34 @@ class UploadHandler(CustomerHandler, MediaUploadHandler):
         return self.signer.id, user_id
 
 
+class RecallHandler(CustomerHandler, RecallMessageHandler):
+    """POST /zhugeleida/gongzhonghao/chat/recall/{o_id}: take back one of the customer's messages."""
+
+    side = Side.CUSTOMER
+
+    async def post(self, _o_id: str) -> None:
+        form = self.form()
+        user_id = self.read_radar_user_id(form)
+        message_id = form.integer("message_id", required=True, minimum=1)
+        form.check()
+        await self.require_radar_user(user_id)
+        assert message_id is not None  # required: check() refused its absence
+        await self.recall_and_reply(self.signer.id, user_id, message_id)
+
+
+class TypingNowHandler(CustomerHandler, TypingHandler):
+    """POST /zhugeleida/gongzhonghao/chat/typing/{o_id}: the customer is typing to the radar user ``u_id``."""
+
+    side = Side.CUSTOMER
+
+    async def post(self, _o_id: str) -> None:
+        form = self.form()
+        user_id = self.read_radar_user_id(form)
+        form.check()
+        await self.require_radar_user(user_id)
+        self.announce_typing(self.signer.id, user_id)
+
+
 class GetMsgHandler(CustomerHandler, LongPollHandler):
     """GET /zhugeleida/gongzhonghao/chat/getmsg/{o_id}: the long-poll."""
 
@@ -71,11 +100,12 @@ class GetMsgHandler(CustomerHandler, LongPollHandler):
         query = self.query()
         user_id = self.read_radar_user_id(query)
         wait, last_id = self.read_poll(query)
+        typing = self.read_typing(query)
         query.check()
         await self.require_radar_user(user_id)
         links = self.attachment_links()
         await self.answer_getmsg(Side.CUSTOMER, user_id, self.signer.id, last_id, wait,
-                                 lambda message: customer_item(message, links))
+                                 lambda message: customer_item(message, links), typing=typing)
 
 
 class HistoryHandler(CustomerHandler):

@@ -15,7 +15,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from storage import Contact, Message
-from storage.records import HAS_THUMBNAIL, AttachmentLinks, attachment_urls
+from storage.records import (
+    HAS_THUMBNAIL,
+    RECALL_NOTICE,
+    RECALLED_BY_THEM,
+    RECALLED_BY_YOU,
+    AttachmentLinks,
+    attachment_urls,
+)
 
 if TYPE_CHECKING:
     from media import Media
@@ -38,8 +45,16 @@ def signed_links(media: Media | None, base: str | None, valid_seconds: int | Non
     return sign
 
 
-def _with_content(item: dict[str, Any], message: Message, links: AttachmentLinks | None) -> dict[str, Any]:
+def _with_content(item: dict[str, Any], message: Message, links: AttachmentLinks | None, viewer: str) -> dict[str, Any]:
+    """The item with its content's keys merged in. A recalled message is a tombstone: ``recalled``
+    and no content. A recall notice says, in ``msg``, who took the message back, as ``viewer``
+    ("customer" or "radar_user") reads it, so that a page that only shows ``msg`` shows the line."""
     content = message.content
+    if message.recalled:
+        item["recalled"] = True
+        return item
+    if content.get("info_type") == RECALL_NOTICE:
+        item["msg"] = RECALLED_BY_YOU if content.get("recalled_by") == viewer else RECALLED_BY_THEM
     if "attachment_id" in content and links is not None:
         item["url"], item["thumbnail_url"] = attachment_urls(content, links)
         for key, value in content.items():
@@ -69,6 +84,7 @@ def customer_item(message: Message, links: AttachmentLinks | None = None) -> dic
         },
         message,
         links,
+        "customer",
     )
 
 
@@ -97,6 +113,7 @@ def radar_item(message: Message, links: AttachmentLinks | None = None) -> dict[s
         },
         message,
         links,
+        "radar_user",
     )
 
 

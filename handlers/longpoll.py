@@ -24,10 +24,13 @@ from storage import (
     Message,
     Side,
     StorageFailing,
+    Typing,
     WaitKey,
     conversation_key,
     inbox_key,
+    typing_keys,
 )
+from storage.records import side_name
 
 from .base import SignedHandler
 from .errors import SignatureRejected
@@ -41,11 +44,18 @@ class LongPollHandler(SignedHandler):
     _waiting: asyncio.Future | None = None
     #: when the messages that woke this request were committed (perf_counter), if a commit woke it
     _committed_at: float | None = None
+    #: who was typing, if that is what answered this request (it asked with ``typing=1``)
+    _typing: Typing | None = None
 
     def read_poll(self, query: Params) -> tuple[float, int | None]:
         """``wait`` (capped) and the ``last_id`` resume cursor."""
         wait = query.seconds("wait", default=self.api.longpoll_timeout, cap=self.api.longpoll_max_timeout)
         return wait, query.integer("last_id", minimum=0)
+
+    def read_typing(self, query: Params) -> bool:
+        """``typing=1``: answer at once, with no messages, when the other side types. Old pages do
+        not ask, and are never woken for it."""
+        return query.integer("typing", default=0, minimum=0, maximum=1) == 1
 
     async def answer_getmsg(
         self,
@@ -55,13 +65,16 @@ class LongPollHandler(SignedHandler):
         last_id: int | None,
         wait: float,
         render: Callable[[Message], dict[str, Any]],
+        typing: bool = False,
     ) -> None:
         """Without ``last_id`` the side's read position decides what is new; with it, the client.
 
-        ``customer_id=None`` is the radar user's whole inbox.
+        ``customer_id=None`` is the radar user's whole inbox. ``typing``: the other side's typing
+        answers the request too, with no messages and ``typing`` beside ``ret_data``.
         """
         limit = self.api.getmsg_max_items
         key = inbox_key(user_id) if customer_id is None else conversation_key(customer_id, user_id)
+        keys = (key, *typing_keys(customer_id, user_id, side_name(side))) if typing else (key,)
 
         def fetch() -> Awaitable[list[Message]]:
             if last_id is None:
@@ -74,21 +87,21 @@ class LongPollHandler(SignedHandler):
             # without a cursor the radar user receives the customer's messages and tips, not their own
             return side is Side.CUSTOMER or message.send_type != FROM_RADAR_USER
 
-        messages = await self.hold_until_new(key, fetch, wanted, wait)
+        messages = await self.hold_until_new(keys, fetch, wanted, wait)
         if messages is None:
             return
         del messages[limit:]
         self.store.mark_delivered(side, messages)
-        self.reply(
-            "实时获取-最新聊天信息成功" if messages else "没有得到实时聊天信息",
-            {"ret_data": [render(message) for message in messages], "data_count": len(messages)},
-        )
+        data: dict[str, Any] = {"ret_data": [render(message) for message in messages], "data_count": len(messages)}
+        if self._typing is not None:
+            data["typing"] = self._typing._asdict()
+        self.reply("实时获取-最新聊天信息成功" if messages else "没有得到实时聊天信息", data)
         if messages and self._committed_at is not None:
             DELIVERY_LATENCY.observe(time.perf_counter() - self._committed_at)
 
     async def hold_until_new(
         self,
-        key: WaitKey,
+        keys: tuple[WaitKey, ...],
         fetch: Callable[[], Awaitable[list[Message]]],
         wanted: Callable[[Message], bool],
         wait: float,
@@ -106,7 +119,7 @@ class LongPollHandler(SignedHandler):
         deadline = loop.time() + wait
         held = False
         while True:
-            future = self._waiting = waiters.register((key,))
+            future = self._waiting = waiters.register(keys)
             try:
                 try:
                     messages = await fetch()
@@ -137,6 +150,10 @@ class LongPollHandler(SignedHandler):
                 if handed is SUPERSEDED:
                     messages = []
                     break
+                if isinstance(handed, Typing):
+                    self._typing = handed
+                    messages = []
+                    break
                 if isinstance(handed, Handed):
                     self._committed_at = handed.committed_at
                     if handed.messages is not None:
@@ -144,7 +161,7 @@ class LongPollHandler(SignedHandler):
                         if messages:
                             break
             finally:
-                waiters.discard((key,), future, self.account_key)
+                waiters.discard(keys, future, self.account_key)
                 self._waiting = None
         if self.client_gone():
             return None

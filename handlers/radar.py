@@ -13,6 +13,7 @@ from .items import contact_item, radar_item
 from .longpoll import LongPollHandler
 from .media import UploadHandler as MediaUploadHandler
 from .params import Params
+from .recall import RecallMessageHandler, TypingHandler
 from .sending import SendMessageHandler
 
 
@@ -60,6 +61,34 @@ class UploadHandler(RadarUserHandler, MediaUploadHandler):
         return customer_id, self.signer.id
 
 
+class RecallHandler(RadarUserHandler, RecallMessageHandler):
+    """POST /zhugeleida/qiyeweixin/chat/recall/{o_id}: take back one of the radar user's messages."""
+
+    side = Side.RADAR_USER
+
+    async def post(self, _o_id: str) -> None:
+        form = self.form()
+        customer_id = form.account_id("customer_id", required=True)
+        message_id = form.integer("message_id", required=True, minimum=1)
+        form.check()
+        await self.require_customer(customer_id)
+        assert message_id is not None  # required: check() refused its absence
+        await self.recall_and_reply(customer_id, self.signer.id, message_id)
+
+
+class TypingNowHandler(RadarUserHandler, TypingHandler):
+    """POST /zhugeleida/qiyeweixin/chat/typing/{o_id}: the radar user is typing to the customer ``customer_id``."""
+
+    side = Side.RADAR_USER
+
+    async def post(self, _o_id: str) -> None:
+        form = self.form()
+        customer_id = form.account_id("customer_id", required=True)
+        form.check()
+        await self.require_customer(customer_id)
+        self.announce_typing(customer_id, self.signer.id)
+
+
 class GetMsgHandler(RadarUserHandler, LongPollHandler):
     """GET /zhugeleida/qiyeweixin/chat/getmsg/{o_id}: one conversation, or the whole inbox."""
 
@@ -67,11 +96,12 @@ class GetMsgHandler(RadarUserHandler, LongPollHandler):
         query = self.query()
         customer_id = query.account_id("customer_id")
         wait, last_id = self.read_poll(query)
+        typing = self.read_typing(query)
         query.check()
         await self.require_customer(customer_id)
         links = self.attachment_links()
         await self.answer_getmsg(Side.RADAR_USER, self.signer.id, customer_id, last_id, wait,
-                                 lambda message: radar_item(message, links))
+                                 lambda message: radar_item(message, links), typing=typing)
 
 
 class HistoryHandler(RadarUserHandler):

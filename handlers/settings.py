@@ -22,5 +22,7 @@ class ApiSettings:
     content_max_bytes: int = 16 * 1024
     history_max_length: int = 100
     max_body_bytes: int = 64 * 1024
+    #: how long after its sending a message may be recalled (撤回), in seconds; 0: recall is off
+    recall_seconds: float = 120
     #: origins whose pages may call /zhugeleida/ (CORS); "*" is every origin, as the original server
     cors_origins: tuple[str, ...] = ("*",)

@@ -48,6 +48,9 @@ HAND_OFF_MAX_SECONDS = 1.0
 
 #: the read the listener makes for a doorbell: every message with an id from first to last
 MessagesBetween = Callable[[int, int], Awaitable[list[Message]]]
+#: where "someone is typing" travels between processes (``"customer_id:user_id:side"``): apart from
+#: CHANNEL, so that it never takes a turn in the doorbells' order, and nothing of it is stored
+TYPING_CHANNEL = "leida_typing"
 #: what the listener calls for an account named on ACCOUNT_CHANNEL (``"customer:5"``): every
 #: process drops it from its cache and answers its held requests. Apart from CHANNEL, so that
 #: it never takes a turn in the doorbells' order.
@@ -172,6 +175,7 @@ class Listener:
         conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_SECONDS)
         await conn.add_listener(CHANNEL, self._rung)
         await conn.add_listener(ACCOUNT_CHANNEL, self._account_named)
+        await conn.add_listener(TYPING_CHANNEL, self._typing_named)
         conn.add_termination_listener(lambda _conn: self._lost.set())
         self._lost.clear()
         self._conn = conn
@@ -197,6 +201,11 @@ class Listener:
         self._held.append((number, loop.time(), committed))
         if self._overdue_timer is None:
             self._overdue_timer = loop.call_later(HAND_OFF_MAX_SECONDS, self._hand_over_overdue)
+
+    def _typing_named(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        customer_id, user_id, side = (str(payload).split(":") + ["", "", ""])[:3]
+        if customer_id.isdigit() and user_id.isdigit() and side in ("customer", "radar_user"):
+            self.waiters.typing(int(customer_id), int(user_id), side)
 
     def _account_named(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         kind, _, account_id = str(payload).partition(":")

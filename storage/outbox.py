@@ -165,7 +165,8 @@ def promote_due(now: float, unread_after: float, postgres: bool, first_attempt_a
             continue
         unannounced = yield (
             "SELECT id, content, created_at FROM message"
-            " WHERE customer_id = ? AND user_id = ? AND send_type = ? AND id > ? ORDER BY id LIMIT ?",
+            " WHERE customer_id = ? AND user_id = ? AND send_type = ? AND id > ? AND recalled_by IS NULL"
+            " ORDER BY id LIMIT ?",
             (*key, max(read_id, announced_up_to), MAX_MESSAGE_IDS),
         )
         if not unannounced:
@@ -176,7 +177,8 @@ def promote_due(now: float, unread_after: float, postgres: bool, first_attempt_a
             yield _set_due(key, first_at + unread_after)
             continue
         ((unread_count, last_id),) = yield (
-            "SELECT count(*), MAX(id) FROM message WHERE customer_id = ? AND user_id = ? AND send_type = ? AND id > ?",
+            "SELECT count(*), MAX(id) FROM message WHERE customer_id = ? AND user_id = ? AND send_type = ? AND id > ?"
+            " AND recalled_by IS NULL",
             (*key, read_id),
         )
         event_type = EVENT_TYPES[send_type]

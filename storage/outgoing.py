@@ -30,6 +30,8 @@ class Outgoing:
     content: dict[str, Any]  # what waiters are handed; only content_json is stored
     #: the upload this message claims (content info_type 4 or 5), in the send's own transaction
     attachment_id: str | None = None
+    #: the message this one (a recall notice) takes back, in the same transaction
+    recalls: int | None = None
 
     @property
     def sender_id(self) -> int:
@@ -55,6 +57,8 @@ class SendRows(NamedTuple):
     client_keys: list[tuple]
     #: (attachment_id, message_id, send_type, sender_id, customer_id, user_id): uploads claimed
     attachments: list[tuple]
+    #: (notice_id, recalled_id): messages taken back, each by its new notice
+    recalls: list[tuple[int, int]]
 
 
 def pairs_and_keys(batch: list[Outgoing]) -> tuple[list[Pair], list[SenderKey]]:
@@ -72,7 +76,7 @@ def plan_sends(
     the next of ``new_ids``, which must rise."""
     conversations = set(conversations)
     earlier = dict(earlier)
-    rows = SendRows([], [], [], [], [])
+    rows = SendRows([], [], [], [], [], [])
     for sent in batch:
         key = sent.sender_key
         if key is not None and key in earlier:
@@ -86,6 +90,8 @@ def plan_sends(
             earlier[key] = SendReceipt(message_id, sent.created_at, duplicate=True)
             rows.client_keys.append((*key, message_id))
         rows.results.append((SendReceipt(message_id, sent.created_at), is_first_info))
+        if sent.recalls is not None:
+            rows.recalls.append((message_id, sent.recalls))
         if sent.attachment_id is not None:
             rows.attachments.append(
                 (sent.attachment_id, message_id, sent.send_type, sent.sender_id, sent.customer_id, sent.user_id))

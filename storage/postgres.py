@@ -63,6 +63,7 @@ import asyncpg
 from .doorbell import (
     CHANNEL,
     CONNECT_TIMEOUT_SECONDS,
+    TYPING_CHANNEL,
     AccountChanged,
     Listener,
     MessagesBetween,
@@ -74,6 +75,7 @@ from .media import CLAIM_ATTACHMENT
 from .metrics import count_error
 from .outbox import WATCH_UNREAD_ON_CONFLICT, Script, run_script_async, unread_watches
 from .outgoing import Outgoing, Pair, SenderKey, pairs_and_keys, plan_sends
+from .recall import DROP_RECALLED_ATTACHMENTS, EMPTY_RECALLED, RecallRaced
 from .records import AccountNeedsName, AttachmentUnavailable, SendReceipt, Side
 from .schema import migrate_postgres
 from .waiters import Committed, Waiters
@@ -145,6 +147,8 @@ class PostgresDatabase:
         self.listener: Listener | None = None
         #: the number of the last transaction that rang (set on the writer's thread, read after its COMMIT)
         self._rang = 0
+        #: typing NOTIFYs on their way (kept so that none is collected before it runs)
+        self._typing_notices: set[asyncio.Task] = set()
 
     @classmethod
     async def open(cls, url: str, pool_size: int = 10) -> PostgresDatabase:
@@ -173,6 +177,19 @@ class PostgresDatabase:
                     account_changed: AccountChanged | None = None) -> None:
         self.listener = Listener(self.url, self.origin, waiters, messages_between, account_changed)
         await self.listener.start()
+
+    def announce_typing(self, customer_id: int, user_id: int, side: str) -> None:
+        """NOTIFY on TYPING_CHANNEL, never the doorbells' (typing takes no turn in their order).
+        Not awaited: typing is best effort, and a typist's request need not wait for it."""
+        task = asyncio.get_running_loop().create_task(self._notify_typing(f"{customer_id}:{user_id}:{side}"))
+        self._typing_notices.add(task)
+        task.add_done_callback(self._typing_notices.discard)
+
+    async def _notify_typing(self, payload: str) -> None:
+        try:
+            await self._pool.execute("SELECT pg_notify($1, $2)", TYPING_CHANNEL, payload)
+        except Exception:  # the database out of reach: the peer misses one "typing…"
+            count_error("typing")
 
     def hand_off(self, waiters: Waiters, committed: list[Committed]) -> None:
         """In this commit's doorbell's turn (see the module docstring). Without a listener
@@ -375,6 +392,10 @@ async def _insert_messages(
     planned = plan_sends(batch, conversations, earlier, iter(sorted(ids)))
     if planned.attachments:
         await _claim_attachments(conn, planned.attachments)
+    for notice_id, recalled_id in planned.recalls:
+        if await conn.execute(as_postgres(EMPTY_RECALLED), notice_id, recalled_id) != "UPDATE 1":
+            raise RecallRaced()
+        await conn.execute(as_postgres(DROP_RECALLED_ATTACHMENTS), recalled_id)
     # one row per conversation: a statement may touch a row once. A conversation that gets a
     # message has its read positions moved by the upsert; the others by the UPDATE.
     spans: dict[Pair, list[int]] = {}

@@ -21,6 +21,10 @@ ACCOUNT_FIELDS: dict[str, tuple[str, ...]] = {"customer": CUSTOMER_FIELDS, "rada
 
 #: content.info_type values, as the original API numbers them.
 TEXT, PRODUCT, CONTACT_REQUEST, IMAGE, VIDEO, SHOP_LINK = 1, 2, 3, 4, 5, 6
+#: the info_type of a recall notice (a tip, send_type 3): ``recalled_id`` names the message taken back
+RECALL_NOTICE = 7
+#: what a recall notice says, to the side that recalled and to the other side
+RECALLED_BY_YOU, RECALLED_BY_THEM = "你撤回了一条消息", "对方撤回了一条消息"
 
 
 #: (attachment_id, has a thumbnail) -> (url, thumbnail_url): the signed URLs of an upload (media/links.py)
@@ -63,6 +67,15 @@ class AccountRowInvalid(ValueError):
         self.message = message
 
 
+class RecallRefused(ValueError):
+    """A recall that may not be made (``code``: not_yours, too_late, off); nothing was changed."""
+
+    def __init__(self, message_id: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.message_id = message_id
+        self.code = code
+
+
 class AccountMissing(LookupError):
     """An account a change names does not exist (``kind``: "customer" or "radar_user")."""
 
@@ -87,6 +100,11 @@ class Side(Enum):
     def send_type(self) -> int:
         """The send_type of the messages this side sends."""
         return FROM_CUSTOMER if self is Side.CUSTOMER else FROM_RADAR_USER
+
+
+def side_name(side: Side) -> str:
+    """A side as the wire and the notices name it: "customer" or "radar_user"."""
+    return "customer" if side is Side.CUSTOMER else "radar_user"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +167,8 @@ class Message:
     customer_name: str
     customer_headimgurl: str
     user_avatar: str
+    #: taken back by its sender: id, time and sender kept, content gone
+    recalled: bool = False
 
     def read_by(self, side: Side) -> bool:
         return self.read_by_customer if side is Side.CUSTOMER else self.read_by_user

@@ -204,6 +204,12 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX attachment_by_message ON attachment (message_id) WHERE message_id IS NOT NULL;
     CREATE INDEX webhook_event_by_customer ON webhook_event (customer_id);
     """,
+    9: """
+    -- Recall (撤回): a recalled message keeps its id, time and sender, loses its content
+    -- ('{}'), and names the notice that recalled it (a send_type 3 message, info_type 7).
+    -- NULL: not recalled.
+    ALTER TABLE message ADD COLUMN recalled_by INTEGER;
+    """,
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -385,6 +391,9 @@ POSTGRES_MIGRATIONS: dict[int, str] = {
     CREATE INDEX client_message_by_message ON client_message (message_id);
     CREATE INDEX attachment_by_message ON attachment (message_id) WHERE message_id IS NOT NULL;
     CREATE INDEX webhook_event_by_customer ON webhook_event (customer_id);
+    """,
+    9: """
+    ALTER TABLE message ADD COLUMN recalled_by BIGINT;
     """,
 }
 

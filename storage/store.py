@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import ujson
 
-from . import accounts, customer_data, media, retention
+from . import accounts, customer_data, media, recall, retention
 from .accounts import AccountCache
 from .metrics import MESSAGES_FROM_CUSTOMERS, MESSAGES_FROM_RADAR_USERS, count_error
 from .outbox import Outbox
@@ -34,6 +34,7 @@ from .records import (
     FROM_CUSTOMER,
     FROM_RADAR_USER,
     RADAR_USER_FIELDS,
+    RECALL_NOTICE,
     TEXT,
     TIP,
     AccountKind,
@@ -45,9 +46,11 @@ from .records import (
     HistoryPage,
     Message,
     RadarUser,
+    RecallRefused,
     SendReceipt,
     Side,
     account_key,
+    side_name,
 )
 from .waiters import Committed, Waiters
 from .writer import Change, Changes, StorageFailing, Writer
@@ -58,7 +61,7 @@ log = logging.getLogger("leida_chat.storage")
 _MESSAGE_COLUMNS = """
     m.id, m.customer_id, m.user_id, m.send_type, m.content, m.created_at,
     m.id = c.first_message_id, m.id <= c.customer_read_id, m.id <= c.user_read_id,
-    cu.username, cu.headimgurl, COALESCE(NULLIF(u.mingpian_avatar, ''), u.avatar)
+    cu.username, cu.headimgurl, COALESCE(NULLIF(u.mingpian_avatar, ''), u.avatar), m.recalled_by IS NOT NULL
 """
 # CROSS JOIN pins SQLite's join order: start from the conversation (its read
 # positions bound the message range), whatever the statistics say.
@@ -118,6 +121,7 @@ def _message(row: Sequence[Any]) -> Message:
         customer_name=row[9],
         customer_headimgurl=row[10],
         user_avatar=row[11],
+        recalled=bool(row[12]),
     )
 
 
@@ -140,6 +144,9 @@ class Database(Protocol):
 
     def names_a_missing_account(self, error: BaseException) -> bool:
         """Whether a write failed because an account it refers to is gone (erased meanwhile)."""
+
+    def announce_typing(self, customer_id: int, user_id: int, side: str) -> None:
+        """Tell every other process that ``side`` is typing in this conversation (nothing kept)."""
 
     async def reachability_problem(self) -> str | None:
         """Why the database cannot be read now, or None."""
@@ -438,6 +445,46 @@ class ChatStore:
             raise AccountMissing("radar_user", user_id)
         return await self.send(customer_id, user_id, TIP, {"info_type": TEXT, "msg": text}, client_msg_id)
 
+    # -- recall and typing ----------------------------------------------------------------
+
+    async def recall(
+        self, side: Side, customer_id: int, user_id: int, message_id: int, window_seconds: float,
+        delete_files: Callable[[list[str]], Awaitable[None]],
+    ) -> SendReceipt:
+        """Take back ``side``'s message ``message_id`` of this conversation (storage/recall.py): its
+        content goes, its attachment too, and a notice is appended; the notice's receipt. Within
+        ``window_seconds`` of its sending only (0: recall is off); a message recalled before
+        answers with its first notice. RecallRefused if it is not the sender's or is too old.
+        """
+        row = await self._one(recall.RECALLABLE, (message_id,))
+        if row is None or (row[0], row[1], row[2]) != (customer_id, user_id, side.send_type):
+            raise RecallRefused(message_id, "not_yours", "no message of yours in this conversation has this id")
+        if row[4] is None:
+            if window_seconds <= 0:
+                raise RecallRefused(message_id, "off", "recall is turned off on this server (chat.recall_seconds = 0)")
+            age = (datetime.now() - datetime.fromisoformat(row[3])).total_seconds()
+            if age > window_seconds:
+                raise RecallRefused(message_id, "too_late",
+                                    f"a message can be recalled within {window_seconds:g} seconds of its sending; "
+                                    f"this one was sent {age:.0f} seconds ago")
+        files = [key for pair in await self._all(recall.ATTACHMENT_FILES, (message_id,)) for key in pair if key]
+        notice = {"info_type": RECALL_NOTICE, "recalled_id": message_id, "recalled_by": side_name(side)}
+        try:
+            receipt = await self.send(customer_id, user_id, TIP, notice, recall.notice_key(message_id),
+                                      recalls=message_id)
+        except recall.RecallRaced:  # deleted (erasure, retention) between the check and the transaction
+            raise RecallRefused(message_id, "not_yours", "no message of yours in this conversation has this id") from None
+        if files and not receipt.duplicate:
+            await delete_files(files)
+        return receipt
+
+    def typing(self, customer_id: int, user_id: int, side: Side) -> None:
+        """``side`` is typing in this conversation: the other side's held requests that asked for it
+        are answered, here and (PostgreSQL) on every process. At most once a second per
+        conversation and side: the rest cost a dictionary look-up and are dropped."""
+        if self.waiters.typing(customer_id, user_id, side_name(side)):
+            self.database.announce_typing(customer_id, user_id, side_name(side))
+
     # -- a customer's data: a copy, and erasure ---------------------------------------
 
     async def customer_export(self, customer_id: int) -> customer_data.CustomerExport | None:
@@ -510,6 +557,7 @@ class ChatStore:
         content: dict[str, Any],
         client_msg_id: str | None = None,
         attachment_id: str | None = None,
+        recalls: int | None = None,
     ) -> SendReceipt:
         """Store a message durably; its conversation's waiters are woken once it is.
 
@@ -521,7 +569,7 @@ class ChatStore:
         """
         outgoing = Outgoing(
             customer_id, user_id, send_type, ujson.dumps(content, ensure_ascii=False), local_timestamp(),
-            client_msg_id, content, attachment_id,
+            client_msg_id, content, attachment_id, recalls,
         )
         try:
             receipt, _ = await self._writer.submit(Change.SEND, outgoing)
@@ -646,7 +694,8 @@ class ChatStore:
         """How many of the other side's messages ``side`` has not read."""
         await self._marks_settled(user_id, customer_id)
         if side is Side.CUSTOMER:
-            where = "c.customer_id = ? AND c.user_id = ? AND m.id > c.customer_read_id AND m.send_type = ?"
+            where = ("c.customer_id = ? AND c.user_id = ? AND m.id > c.customer_read_id AND m.send_type = ?"
+                     " AND m.recalled_by IS NULL")
             params: tuple = (customer_id, user_id, FROM_RADAR_USER)
         else:
             where, params = self._radar_unread_filter(user_id, customer_id)
@@ -656,10 +705,11 @@ class ChatStore:
     @staticmethod
     def _radar_unread_filter(user_id: int, customer_id: int | None, delivered: bool = False) -> tuple[str, tuple]:
         """The radar user's unread messages: the customer's; ``delivered``: tips too, which are
-        delivered to both sides but counted as unread by neither."""
+        delivered to both sides but counted as unread by neither (nor is a recalled message)."""
         where = (
             "c.user_id = ? AND c.last_customer_message_id > c.user_read_id"
             f" AND m.id > c.user_read_id AND m.send_type {'<>' if delivered else '='} ?"
+            + ("" if delivered else " AND m.recalled_by IS NULL")
         )
         params: tuple = (user_id, FROM_RADAR_USER if delivered else FROM_CUSTOMER)
         if customer_id is not None:
@@ -752,7 +802,7 @@ class ChatStore:
         rows = await self._all(
             f"SELECT {_MESSAGE_COLUMNS},"
             " (SELECT count(*) FROM message x WHERE x.customer_id = c.customer_id"
-            "  AND x.user_id = c.user_id AND x.id > c.user_read_id AND x.send_type = ?)"
+            "  AND x.user_id = c.user_id AND x.id > c.user_read_id AND x.send_type = ? AND x.recalled_by IS NULL)"
             f" {_MESSAGE_FROM}"
             " WHERE c.user_id = ? AND m.id = c.last_message_id"
             " ORDER BY c.last_message_id DESC LIMIT ? OFFSET ?",

@@ -28,6 +28,27 @@ Committed = tuple[int, int, "Message | None"]
 SUPERSEDED = "superseded"
 #: what a held request is handed when its account was disabled, erased or given a new token
 ACCOUNT_ENDED = "account ended"
+#: a conversation and side wake the other side's typing waiters at most this often
+TYPING_SECONDS = 1.0
+#: how many conversations' last typing wake-ups are remembered before the stale ones are forgotten
+TYPING_REMEMBERED = 10_000
+
+
+class Typing(NamedTuple):
+    """What a held request that asked for typing (``typing=1``) is handed: who is typing where."""
+
+    customer_id: int
+    user_id: int
+    #: the side that is typing: "customer" or "radar_user"
+    side: str
+
+
+def typing_keys(customer_id: int | None, user_id: int, listener: str) -> tuple[WaitKey, ...]:
+    """The keys a held request that wants to know when the other side types registers under:
+    its conversation's, for its own side (``listener``), or a radar user's whole inbox."""
+    if customer_id is None:
+        return (("typing-inbox", user_id),)
+    return (("typing", customer_id, user_id, listener),)
 
 
 class Handed(NamedTuple):
@@ -53,6 +74,8 @@ class Waiters:
         self._held_by: dict[object, dict[asyncio.Future, None]] = {}  # account -> its held waits, oldest first
         self._count = 0
         self.closed = False
+        #: (customer_id, user_id, side) -> when it last woke anyone (loop time)
+        self._typed_at: dict[tuple[int, int, str], float] = {}
 
     def __len__(self) -> int:
         """How many requests are held right now."""
@@ -145,6 +168,28 @@ class Waiters:
             for future in futures:
                 if not future.done():
                     future.set_result(payload)
+
+    def typing(self, customer_id: int, user_id: int, side: str) -> bool:
+        """``side`` types in this conversation: answer the other side's typing waiters (its held
+        request for the conversation, and a radar user's inbox request). False, and nothing
+        done, if this conversation and side did so less than TYPING_SECONDS ago."""
+        now = asyncio.get_running_loop().time()
+        key = (customer_id, user_id, side)
+        if now - self._typed_at.get(key, -TYPING_SECONDS) < TYPING_SECONDS:
+            return False
+        if len(self._typed_at) >= TYPING_REMEMBERED:
+            self._typed_at = {seen: at for seen, at in self._typed_at.items() if now - at < TYPING_SECONDS}
+        self._typed_at[key] = now
+        listener = "radar_user" if side == "customer" else "customer"
+        keys = list(typing_keys(customer_id, user_id, listener))
+        if side == "customer":
+            keys += typing_keys(None, user_id, listener)
+        news = Typing(customer_id, user_id, side)
+        for wait_key in keys:
+            for future in self._by_key.get(wait_key, ()):
+                if not future.done():
+                    future.set_result(news)
+        return True
 
     def wake_all(self) -> None:
         """Every held request reads again: what woke them may have been missed."""
