@@ -5,7 +5,10 @@ serve`` on a free port, a temp database, accounts made with the CLI) and sends
 every operation of the document generated requests, valid and invalid,
 signed by the right account through a schemathesis auth provider. Each
 response must not be a 5xx and must match the document: status code,
-Content-Type, headers and body schema. Held getmsg requests are kept short
+Content-Type, headers and body schema. The conversations the server starts
+with hold every kind of item (a recalled message's tombstone and its recall
+notice among them), and recalls are generated for those messages' ids, so
+that the item schemas are checked against each kind. Held getmsg requests are kept short
 by the server's environment (``LEIDA_LONGPOLL_TIMEOUT`` /
 ``LEIDA_LONGPOLL_MAX_TIMEOUT``), so whatever ``wait`` is generated a request
 answers within a fraction of a second.
@@ -70,6 +73,11 @@ USER = Account(11, "radar-user-token-for-openapi-tests")              # full pro
 BARE_USER = Account(12, "bare-radar-user-token-for-openapi-tests")     # a name only, no conversations
 CUSTOMER_ACCOUNT = Account(21, "customer-token-for-openapi-tests")
 OTHER_CUSTOMER = Account(22, "other-customer-token-for-openapi-tests")
+#: the ids of the messages the server starts with (a fresh SQLite file numbers them from 1): what
+#: generated recalls name, so that some are taken back (the customer's 1 and 2, the radar user's 3),
+#: some are not the signer's, and one was recalled already (5, notice 6)
+MESSAGE_IDS = (1, 2, 3, 4, 5)
+RECALLED_BY = {CUSTOMER: (1, 2, 3, 4, 5), RADAR: (3, 1, 5)}
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +101,8 @@ def live_server(tmp_path_factory) -> Iterator[Server]:
         # Cases are signed when built, and the examples and coverage phases build theirs
         # while pytest collects: in a long run some are sent after the 15-minute window.
         LEIDA_AUTH_MAX_SKEW_SECONDS="0",
+        # a recall generated at any point of a long run is inside the window
+        LEIDA_CHAT_RECALL_SECONDS="86400",
     )
     server = Server(cwd, ["serve", "--db", db, "--host", "127.0.0.1", "--port", "0"], env, name="server")
     try:
@@ -104,6 +114,10 @@ def live_server(tmp_path_factory) -> Iterator[Server]:
                                                          "id": -1, "send_type": 1, "tag": ["x"]})
         server.radar_send(USER, CUSTOMER_ACCOUNT.id, {"info_type": "6", "msg": "店铺"})
         server.customer_send(OTHER_CUSTOMER, USER.id, {"info_type": 4, "url": "https://img.example/s.png"})
+        # a tombstone and a recall notice, in the conversation every generated getmsg and history reads
+        recalled = server.customer_send(CUSTOMER_ACCOUNT, USER.id, text("发错了"))["data"]["id"]
+        notice = server.post(f"{CUSTOMER}/chat/recall/0", CUSTOMER_ACCOUNT, {"u_id": USER.id, "message_id": recalled})
+        assert (recalled, notice["code"], notice["data"]["id"]) == (MESSAGE_IDS[-1], 200, MESSAGE_IDS[-1] + 1), notice
         yield server
     finally:
         server.kill()
@@ -162,11 +176,15 @@ def test_document_names_every_route_of_the_contract():
         ("GET", f"{CUSTOMER}/chat"),
         ("GET", f"{CUSTOMER}/chat/query_num/{{o_id}}"),
         ("POST", f"{CUSTOMER}/chat/upload/{{o_id}}"),
+        ("POST", f"{CUSTOMER}/chat/recall/{{o_id}}"),
+        ("POST", f"{CUSTOMER}/chat/typing/{{o_id}}"),
         ("POST", f"{RADAR}/chat/send_msg/{{o_id}}"),
         ("GET", f"{RADAR}/chat/getmsg/{{o_id}}"),
         ("GET", f"{RADAR}/chat"),
         ("GET", f"{RADAR}/chat/query_num/{{o_id}}"),
         ("POST", f"{RADAR}/chat/upload/{{o_id}}"),
+        ("POST", f"{RADAR}/chat/recall/{{o_id}}"),
+        ("POST", f"{RADAR}/chat/typing/{{o_id}}"),
         ("GET", f"{RADAR}/contact"),
         ("GET", "/media/{attachment_id}"),
         ("GET", "/media/{attachment_id}/thumbnail"),
@@ -181,6 +199,37 @@ def test_document_names_every_route_of_the_contract():
             refs = {parameter.get("$ref") for parameter in operation.get("parameters", [])}
             assert path in ("/openapi.json", "/healthz", "/readyz") or path.startswith("/media/") \
                 or signature <= refs, path
+
+
+def conforms(document: dict, schema_name: str, body: dict) -> None:
+    """``body`` is what the document's ``components/schemas/<schema_name>`` says it is."""
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": document["components"]}
+    errors = [f"{error.instance_path}: {error.message}" for error in jsonschema_rs.validator_for(schema).iter_errors(body)]
+    assert not errors, (errors, body)
+
+
+def test_a_tombstone_and_a_recall_notice_are_what_the_document_says(live_server):
+    document = json.loads(DOCUMENT.read_text(encoding="utf-8"))
+    recalled, notice = MESSAGE_IDS[-1], MESSAGE_IDS[-1] + 1
+    answers = {
+        "CustomerGetMsgOk": live_server.customer_getmsg(CUSTOMER_ACCOUNT, USER.id, last_id=0),
+        "CustomerHistoryOk": live_server.customer_history(CUSTOMER_ACCOUNT, USER.id),
+        "RadarGetMsgOk": live_server.get(f"{RADAR}/chat/getmsg/0", USER, customer_id=CUSTOMER_ACCOUNT.id, last_id=0,
+                                         wait=0),
+        "RadarHistoryOk": live_server.get(f"{RADAR}/chat", USER, customer_id=CUSTOMER_ACCOUNT.id),
+    }
+    for schema_name, body in answers.items():
+        conforms(document, schema_name, body)
+        items = {item["id"]: item for item in body["data"]["ret_data"]}
+        assert items[recalled]["recalled"] is True and "info_type" not in items[recalled], items[recalled]
+        assert (items[notice]["info_type"], items[notice]["recalled_id"]) == (7, recalled), items[notice]
+    # the document rejects what the server never answers: an item with neither content nor `recalled`,
+    # a notice without the id it recalled, a recalled tip
+    items = {item["id"]: item for item in answers["CustomerGetMsgOk"]["data"]["ret_data"]}
+    without_content = {key: value for key, value in items[recalled].items() if key != "recalled"}
+    for wrong in (without_content, {**items[notice], "recalled_id": None}, {**items[recalled], "send_type": 3}):
+        with pytest.raises(AssertionError):
+            conforms(document, "CustomerItem", wrong)
 
 
 # -- schemathesis against the live server -------------------------------------------
@@ -269,7 +318,9 @@ def _with_real_ids(ctx: schemathesis.HookContext, values: Any, body: bool) -> st
                 "customer_id": st.sampled_from([CUSTOMER_ACCOUNT.id, None])}
     else:
         real = {"customer_id": st.sampled_from([CUSTOMER_ACCOUNT.id, OTHER_CUSTOMER.id])}
-    if body:
+    if body and "/chat/recall/" in path:
+        real["message_id"] = st.sampled_from(RECALLED_BY[CUSTOMER if path.startswith(CUSTOMER) else RADAR])
+    elif body and "/chat/typing/" not in path:
         real["content"] = _contents(radar=path.startswith(RADAR))
 
     def patched(choices: dict[str, Any]) -> dict[str, Any]:
