@@ -106,10 +106,7 @@ class Retention:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(self._task, return_exceptions=True)  # its cancellation is the expected end
 
     async def _every(self, interval: float) -> None:
         while True:
