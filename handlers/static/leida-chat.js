@@ -9,7 +9,11 @@
  * errors, de-duplicates messages by id, and retries sends with the same
  * client_msg_id so the server stores them once. sendFile() uploads a picture
  * or a video (XMLHttpRequest, for its progress events) to chat/upload/0 and
- * sends it as a message the same way. Plain ES2017 + fetch: load it
+ * sends it as a message the same way. recall() takes back one of the signer's
+ * own messages (撤回): its notice comes back through the long-poll to both
+ * sides, and onRecall tells each page which bubble to remove. typing() tells
+ * the other side "对方正在输入…" (its onTyping), at most once every 3 s.
+ * Plain ES2017 + fetch: load it
  * with <script src="/static/leida-chat.js"> (global `LeidaChat`) or require()
  * it (module.exports).
  *
@@ -19,7 +23,9 @@
  *     side: "customer", accountId: 2, token: "9ab0…", peerId: 1,
  *     onMessages: function (items) { items.forEach(render); },
  *     onState: function (state, delayMs) { showState(state, delayMs); },
- *     onError: function (err) { console.warn(err.code, err.msg); }
+ *     onError: function (err) { console.warn(err.code, err.msg); },
+ *     onRecall: function (recalledId, notice) { removeBubble(recalledId); },  // the notice: a grey line
+ *     onTyping: function (typing) { showTyping(5000); }     // {customer_id, user_id, side}
  *   });
  *   chat.history({ currentPage: 1, length: 20 })   // newest page, oldest first
  *     .then(function (data) { data.ret_data.forEach(render); })
@@ -33,12 +39,18 @@
  *   }).then(function (r) { console.log(r.id, r.upload.url); },
  *           function (err) { alert(LeidaChat.uploadErrorText(err)); });  // the server's reason
  *   chat.unreadCount().then(function (n) { badge.textContent = n; });
+ *   // 撤回 one of our own messages (within chat.recall_seconds, 120 s by default)
+ *   chat.recall(messageId).then(function (r) { console.log(r.id, r.recalled_id); },
+ *                               function (err) { alert(err.reason + ": " + err.message); });
+ *   input.addEventListener("input", function () { chat.typing(); });  // throttled: 1 POST / 3 s
  *   // radar console: one inbox poll, send to a chosen customer
  *   var inbox = new LeidaChat({ side: "radar", accountId: 1, token: "…", peerId: null,
  *                               onMessages: route });
  *   inbox.contacts({ currentPage: 1, length: 50 }).then(showContacts).then(function () { inbox.start(); });
  *   inbox.send("您好", { customerId: 7 });
  *   inbox.sendFile(file, { customerId: 7, onProgress: showProgress });
+ *   inbox.recall(messageId, { customerId: 7 });
+ *   inbox.typing({ customerId: 7 });
  *   window.addEventListener("pagehide", function () { chat.stop(); });
  */
 (function (root, factory) {
@@ -171,7 +183,9 @@
         send: "/zhugeleida/gongzhonghao/chat/send_msg/0",
         upload: "/zhugeleida/gongzhonghao/chat/upload/0",
         history: "/zhugeleida/gongzhonghao/chat",
-        unread: "/zhugeleida/gongzhonghao/chat/query_num/0"
+        unread: "/zhugeleida/gongzhonghao/chat/query_num/0",
+        recall: "/zhugeleida/gongzhonghao/chat/recall/0",
+        typing: "/zhugeleida/gongzhonghao/chat/typing/0"
       },
       radar: {
         getmsg: "/zhugeleida/qiyeweixin/chat/getmsg/0",
@@ -179,7 +193,9 @@
         upload: "/zhugeleida/qiyeweixin/chat/upload/0",
         history: "/zhugeleida/qiyeweixin/chat",
         unread: "/zhugeleida/qiyeweixin/chat/query_num/0",
-        contacts: "/zhugeleida/qiyeweixin/contact"
+        contacts: "/zhugeleida/qiyeweixin/contact",
+        recall: "/zhugeleida/qiyeweixin/chat/recall/0",
+        typing: "/zhugeleida/qiyeweixin/chat/typing/0"
       }
     };
 
@@ -194,6 +210,11 @@
     var CLOCK_SKEW_TOLERANCE_MS = 120000;
     var UPLOAD_IDLE_TIMEOUT_MS = 60000; // an upload that makes no progress for this long fails
     var UPLOADS_REMEMBERED = 50; // finished uploads kept for a retried sendFile (by client_msg_id)
+    var TYPING_INTERVAL_MS = 3000; // typing(): at most one POST per conversation this often
+    var TYPING_TIMEOUT_MS = 5000; // a typing POST is worth nothing later than this
+    var TYPING_REMEMBERED = 100; // conversations whose last typing POST time is kept
+    var TIP = 3; // send_type of the server's own words in a conversation (a grey line)
+    var RECALL_NOTICE = 7; // info_type of a tip saying a message was recalled (recalled_id)
 
     function noop() {}
 
@@ -250,6 +271,17 @@
       return err.code === "network" || err.code === "timeout" || err.status === 429 || err.status >= 500;
     }
 
+    /** A recall notice: the tip (send_type 3, info_type 7) whose `recalled_id` was taken back. */
+    function isRecallNotice(item) {
+      return !!item && Number(item.send_type) === TIP && Number(item.info_type) === RECALL_NOTICE &&
+        item.recalled_id !== undefined && item.recalled_id !== null;
+    }
+
+    /** A recalled message as history (or a resumed poll) shows it: id, time and sender, no content. */
+    function isRecalled(item) {
+      return !!item && item.recalled === true;
+    }
+
     function maxId(items, start) {
       var top = start;
       for (var i = 0; i < items.length; i++) {
@@ -276,6 +308,10 @@
      *   onMessages function(items)          new messages, oldest first, each id once
      *   onState    function(state, delayMs) "connecting" | "live" | "retrying" | "stopped"
      *   onError    function(err)            err.code / err.msg / err.status / err.data
+     *   onRecall   function(recalledId, notice) a recall notice came (after onMessages had it):
+     *                                       remove the bubble of message `recalledId` if shown
+     *   onTyping   function(typing)         the other side is typing: {customer_id, user_id,
+     *                                       side: "customer" | "radar_user"}; show it a few seconds
      *   fetch      optional fetch implementation (tests)
      *   XMLHttpRequest optional XMLHttpRequest constructor for sendFile (tests)
      */
@@ -302,6 +338,8 @@
       this.onMessages = typeof o.onMessages === "function" ? o.onMessages : noop;
       this.onState = typeof o.onState === "function" ? o.onState : noop;
       this.onError = typeof o.onError === "function" ? o.onError : noop;
+      this.onRecall = typeof o.onRecall === "function" ? o.onRecall : noop;
+      this.onTyping = typeof o.onTyping === "function" ? o.onTyping : noop;
       this.lastId = Number(o.lastId) > 0 ? Number(o.lastId) : 0;
       this.state = "stopped";
       this.running = false;
@@ -324,6 +362,7 @@
       this._onOnline = this._onOnline.bind(this);
       this._XHR = o.XMLHttpRequest || (typeof XMLHttpRequest === "function" ? XMLHttpRequest : null);
       this._uploads = new Map(); // client_msg_id -> the upload's data, for a retried sendFile
+      this._typedAt = new Map(); // conversation -> when typing() last posted (ms)
     }
 
     /**
@@ -347,7 +386,9 @@
     LeidaChat.md5 = md5;
     LeidaChat.uploadErrorText = uploadErrorText;
     LeidaChat.newClientMsgId = newClientMsgId;
-    LeidaChat.version = "1.1.0";
+    LeidaChat.isRecallNotice = isRecallNotice;
+    LeidaChat.isRecalled = isRecalled;
+    LeidaChat.version = "1.2.0";
 
     var proto = LeidaChat.prototype;
 
@@ -501,7 +542,8 @@
     };
 
     proto._pollParams = function (wait) {
-      var params = { wait: wait, last_id: this.lastId };
+      // typing=1: the other side's typing answers the held request at once (data.typing)
+      var params = { wait: wait, last_id: this.lastId, typing: 1 };
       if (this.side === "customer") params.u_id = this.peerId;
       else if (this.peerId !== null) params.customer_id = this.peerId;
       return params;
@@ -551,12 +593,30 @@
         } catch (e) {
           this._report(e);
         }
+        // then the bubbles the notices among them take back (a resumed page gets them in order too)
+        for (var i = 0; i < fresh.length && gen === this._gen; i++) {
+          if (!isRecallNotice(fresh[i])) continue;
+          try {
+            this.onRecall(fresh[i].recalled_id, fresh[i]);
+          } catch (e) {
+            this._report(e);
+          }
+        }
+      }
+      var typing = data && data.typing && typeof data.typing === "object" ? data.typing : null;
+      if (typing && gen === this._gen) {
+        try {
+          this.onTyping(typing);
+        } catch (e) {
+          this._report(e);
+        }
       }
       if (gen !== this._gen || !this.running) return; // a callback called stop() (or stop() and start())
       // An answer with nothing new that came back at once (wait=0, or the server
       // superseding this request for a newer one of the same account) must not
       // become a busy loop: after 3 in a row, wait a second before the next poll.
-      if (!fresh.length && elapsedMs < 500) this._quickEmpty++;
+      // (The other side typing is news: the server sends that at most once a second.)
+      if (!fresh.length && !typing && elapsedMs < 500) this._quickEmpty++;
       else this._quickEmpty = 0;
       if (this._quickEmpty >= 3) this._schedulePoll(1000);
       else this._poll();
@@ -621,7 +681,6 @@
      * every retry failed; "stopped": stop() was called during a backoff.
      */
     proto.send = function (content, opts) {
-      var self = this;
       var o = opts || {};
       var body = typeof content === "string" ? { info_type: 1, msg: content } : content;
       var clientMsgId = o.clientMsgId ? String(o.clientMsgId).slice(0, 64) : newClientMsgId();
@@ -638,11 +697,19 @@
         }
         form.customer_id = customerId;
       }
-      var path = PATHS[this.side].send;
+      return this._postRetrying(PATHS[this.side].send, form, retries, clientMsgId);
+    };
 
+    /**
+     * POST `form` to `path`, retried on network errors, timeouts, 429 and 5xx
+     * with a jittered backoff (safe only for requests the server stores once).
+     * A rejection carries `clientMsgId` when one is given.
+     */
+    proto._postRetrying = function (path, form, retries, clientMsgId) {
+      var self = this;
       function attempt(n) {
         return self._request("POST", path, null, form, REQUEST_TIMEOUT_MS, null).then(null, function (err) {
-          err.clientMsgId = clientMsgId;
+          if (clientMsgId !== undefined) err.clientMsgId = clientMsgId;
           if (!isRetryable(err) || n >= retries) throw err;
           var delay = backoffDelay(n, SEND_BACKOFF_MIN_MS, SEND_BACKOFF_MAX_MS);
           if (err.retryAfter) delay = Math.min(SEND_BACKOFF_MAX_MS, Math.max(delay, err.retryAfter * 1000));
@@ -650,6 +717,74 @@
         });
       }
       return attempt(0);
+    };
+
+    /**
+     * Recall (撤回) one of this account's own messages, within the server's
+     * chat.recall_seconds (120 s by default) of its sending.
+     * opts: {customerId} (radar side: the conversation, default peerId), {retries}
+     * (network/5xx retries, default 4: a recall is stored once however often it is asked).
+     * Resolves with the receipt {id (the notice's id), recalled_id, dateTime}. The
+     * notice itself (send_type 3, info_type 7, recalled_id, recalled_by, msg
+     * "你撤回了一条消息" / "对方撤回了一条消息") comes back through the long-poll to both
+     * sides like any message, then onRecall(recalled_id, notice). Rejects with an
+     * Error whose `message` is the server's reason and `reason` its code:
+     * "not_yours" (the other side's message, or none with this id), "too_late"
+     * (past the window) or "off" (recall turned off); code/msg/data as for send().
+     */
+    proto.recall = function (messageId, opts) {
+      var o = opts || {};
+      var form = { message_id: messageId };
+      if (this.side === "customer") {
+        form.u_id = this.peerId;
+      } else {
+        var customerId = o.customerId !== undefined && o.customerId !== null ? o.customerId : this.peerId;
+        if (customerId === null) return Promise.reject(chatError(402, "customerId is required to recall from the inbox", 0, null));
+        form.customer_id = customerId;
+      }
+      var retries = typeof o.retries === "number" && o.retries >= 0 ? o.retries : SEND_RETRIES;
+      return this._postRetrying(PATHS[this.side].recall, form, retries).then(null, function (err) {
+        var problems = err.data && err.data.message_id;
+        var problem = Array.isArray(problems) && problems[0] ? problems[0] : null;
+        if (problem) {
+          err.reason = problem.code;
+          if (typeof problem.message === "string" && problem.message) err.message = problem.message;
+        }
+        throw err;
+      });
+    };
+
+    /**
+     * Tell the other side this account is typing (call it on every input event):
+     * at most one POST per conversation every 3 s, the rest return at once. The
+     * other side's onTyping fires (its server answers at most once a second per
+     * conversation). opts: {customerId} (radar side, default peerId). Resolves
+     * with true when a POST was answered, false when throttled or failed: typing
+     * is ephemeral, never retried and never reported to onError.
+     */
+    proto.typing = function (opts) {
+      var o = opts || {};
+      var form = {};
+      var key;
+      if (this.side === "customer") {
+        form.u_id = this.peerId;
+        key = String(this.peerId);
+      } else {
+        var customerId = o.customerId !== undefined && o.customerId !== null ? o.customerId : this.peerId;
+        if (customerId === null) return Promise.resolve(false);
+        form.customer_id = customerId;
+        key = String(customerId);
+      }
+      var now = Date.now();
+      var last = this._typedAt.get(key);
+      if (last !== undefined && now - last < TYPING_INTERVAL_MS && now >= last) return Promise.resolve(false);
+      this._typedAt.delete(key); // re-inserted last: the oldest are dropped first
+      this._typedAt.set(key, now);
+      if (this._typedAt.size > TYPING_REMEMBERED) this._typedAt.delete(this._typedAt.keys().next().value);
+      return this._request("POST", PATHS[this.side].typing, null, form, TYPING_TIMEOUT_MS, null).then(
+        function () { return true; },
+        function () { return false; }
+      );
     };
 
     /** A timer that stop() can cancel (rejecting with code "stopped"). */
@@ -831,7 +966,10 @@
      * opts: {currentPage (default 1), length (default 20, max 100; 0 = up to the cap),
      *        customerId (radar side, default peerId)}.
      * Before start(), the polled conversation's history also seeds the cursor
-     * (lastId) and the de-duplication set.
+     * (lastId) and the de-duplication set. A recalled message is a tombstone there
+     * ({id, dateTime, send_type, recalled: true}, no content: LeidaChat.isRecalled),
+     * followed later by its notice (LeidaChat.isRecallNotice): show the notice's
+     * grey line, not the tombstone. onRecall is for the long-poll only.
      */
     proto.history = function (opts) {
       var self = this;

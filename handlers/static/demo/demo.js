@@ -8,6 +8,8 @@
 
   var PAGE = 20;
   var TIP = 3; // send_type of a tip: the server's own words in a conversation, shown to both sides
+  var RECALL_WINDOW_MS = 120 * 1000; // 撤回 is offered this long after a send (the server's chat.recall_seconds decides)
+  var TYPING_SHOWN_MS = 5000; // "对方正在输入…" stays this long after the other side's last typing
 
   /** A tip is nobody's message: neither side's bubble, never unread. */
   function isTip(item) {
@@ -368,6 +370,23 @@
     /** Blocks by message id, and the sends still waiting for theirs. */
     list.blocks = new Map();
     list.pendings = []; // {content, clientMsgId, block, id, failed}
+    list.recalled = new Set(); // ids taken back: never shown again, whatever an older answer says
+
+    /**
+     * A message was recalled (its notice came, a history tombstone said so, or
+     * our own recall was answered): its bubble goes, and never comes back. The
+     * notice's grey line is the caller's (it is an item like any other).
+     */
+    function recall(id) {
+      var key = String(id);
+      list.recalled.add(key);
+      var block = list.blocks.get(key);
+      list.blocks.delete(key);
+      if (!block || !block.parentNode) return;
+      var next = nextBlock(block);
+      block.parentNode.removeChild(block);
+      refreshDivider(next);
+    }
 
     function setBlockIdOf(block, id, dateTime) {
       setBlockId(block, id, dateTime);
@@ -378,6 +397,7 @@
     function clear() {
       list.blocks = new Map();
       list.pendings = [];
+      list.recalled = new Set();
       list.stick = true;
       Array.prototype.slice.call(listEl.querySelectorAll(".msg-block")).forEach(function (b) { listEl.removeChild(b); });
     }
@@ -385,7 +405,8 @@
     /**
      * Render messages (history or long-poll), each id once. One of our own sends
      * coming back through the poll before send() resolved takes over its pending
-     * block. hooks: mine(item), build(item) -> block, and optionally seen(item)
+     * block. A recalled message's tombstone (recalled: true, no content) is never
+     * a bubble: it takes away the bubble of that id if one is shown. hooks: mine(item), build(item) -> block, and optionally seen(item)
      * for each new item, known(block, item, mine) for an id already shown,
      * ownMatched(pending, item) when a pending block gets its id.
      */
@@ -396,6 +417,11 @@
       items.forEach(function (item) {
         if (!item || item.id === undefined) return;
         var key = String(item.id);
+        if (LeidaChat.isRecalled(item)) {
+          recall(key);
+          return;
+        }
+        if (list.recalled.has(key)) return; // an answer older than the recall
         var mine = hooks.mine(item);
         if (list.blocks.has(key)) {
           if (hooks.known) hooks.known(list.blocks.get(key), item, mine);
@@ -592,6 +618,7 @@
     list.scrollToBottom = scrollToBottom;
     list.onMediaLoad = onMediaLoad;
     list.place = place;
+    list.recall = recall;
     return list;
   }
 
@@ -611,9 +638,130 @@
     });
   }
 
+  /* ---- 撤回: a menu on one's own bubbles (right-click, or a long press on a phone) ---- */
+
+  /** The sentence to show when a recall is refused, by the server's reason code. */
+  function recallErrorText(err) {
+    var reason = err && err.reason;
+    if (reason === "too_late") return "发送时间超过2分钟的消息，不能被撤回";
+    if (reason === "not_yours") return "只能撤回自己发送的消息";
+    if (reason === "off") return "撤回功能未开启";
+    return err && (err.code === "network" || err.code === "timeout") ? "网络不给力，撤回失败" : "撤回失败";
+  }
+
+  var menuEl = null;
+
+  function closeMenu() {
+    if (menuEl && menuEl.parentNode) menuEl.parentNode.removeChild(menuEl);
+    menuEl = null;
+  }
+
+  /** The recallable message under a DOM node: own, stored (has an id), sent within the window. */
+  function recallableAt(node) {
+    var bubble = node && node.closest ? node.closest(".bubble") : null;
+    var row = bubble ? bubble.closest(".msg-row.mine") : null;
+    var id = row ? row.getAttribute("data-id") : "";
+    if (!id) return null; // the other side's, or a send still pending
+    var block = row.closest(".msg-block");
+    var sentAt = Number(block && block.getAttribute("data-time"));
+    if (sentAt && Date.now() - sentAt > RECALL_WINDOW_MS) return null;
+    return { id: id, bubble: bubble };
+  }
+
+  function openMenu(target, onRecall) {
+    closeMenu();
+    var menu = menuEl = el("div", "msg-menu");
+    menu.setAttribute("data-testid", "msg-menu");
+    menu.setAttribute("role", "menu");
+    var item = el("button", null, "撤回");
+    item.type = "button";
+    item.setAttribute("role", "menuitem");
+    item.setAttribute("data-testid", "recall");
+    item.onclick = function () {
+      closeMenu();
+      onRecall(target.id);
+    };
+    menu.appendChild(item);
+    document.body.appendChild(menu);
+    // above the bubble, as WeChat's, or below it when there is no room
+    var box = target.bubble.getBoundingClientRect();
+    var left = Math.min(Math.max(8, box.left + box.width / 2 - menu.offsetWidth / 2), window.innerWidth - menu.offsetWidth - 8);
+    var below = box.top - menu.offsetHeight - 8 < 8;
+    menu.classList.toggle("below", below);
+    menu.style.left = Math.round(left) + "px";
+    menu.style.top = Math.round(below ? box.bottom + 8 : box.top - menu.offsetHeight - 8) + "px";
+    item.focus();
+  }
+
+  /**
+   * 撤回 on one's own messages in listEl: a right-click or a long press on a bubble
+   * sent less than 2 minutes ago opens a small menu; its 撤回 calls
+   * recall(messageId) -> promise. A refusal is shown as a toast (the page
+   * removes the bubble when the recall's notice or receipt comes).
+   */
+  function recallMenu(listEl, recall) {
+    function onRecall(id) {
+      recall(id).then(null, function (err) { toast(recallErrorText(err)); });
+    }
+    listEl.addEventListener("contextmenu", function (ev) {
+      var target = recallableAt(ev.target);
+      if (!target) return; // the browser's own menu
+      ev.preventDefault();
+      openMenu(target, onRecall);
+    });
+    var pressTimer = null;
+    function cancelPress() {
+      clearTimeout(pressTimer);
+      pressTimer = null;
+    }
+    listEl.addEventListener("touchstart", function (ev) {
+      cancelPress();
+      var target = ev.touches.length === 1 ? recallableAt(ev.target) : null;
+      if (target) pressTimer = setTimeout(function () { openMenu(target, onRecall); }, 500);
+    }, { passive: true });
+    ["touchend", "touchmove", "touchcancel"].forEach(function (name) {
+      listEl.addEventListener(name, cancelPress, { passive: true });
+    });
+    listEl.addEventListener("scroll", closeMenu);
+    document.addEventListener("pointerdown", function (ev) {
+      if (menuEl && !menuEl.contains(ev.target)) closeMenu();
+    }, true);
+    document.addEventListener("keydown", function (ev) { if (ev.key === "Escape") closeMenu(); });
+    window.addEventListener("resize", closeMenu);
+  }
+
+  /* ---- "对方正在输入…" ---- */
+
+  /**
+   * "Shown" for 5 s after each show(), hide() at once (their message came):
+   * node (optional) is unhidden meanwhile, and onChange(shown) hears each change.
+   */
+  function typingIndicator(node, onChange) {
+    var timer = null;
+    var now = false;
+    function set(shown) {
+      if (now === shown) return;
+      now = shown;
+      if (node) node.hidden = !shown;
+      if (onChange) onChange(shown);
+    }
+    return {
+      show: function () {
+        clearTimeout(timer);
+        timer = setTimeout(function () { set(false); }, TYPING_SHOWN_MS);
+        set(true);
+      },
+      hide: function () {
+        clearTimeout(timer);
+        set(false);
+      },
+    };
+  }
+
   root.LeidaDemo = {
     PAGE: PAGE,
     TIP: TIP,
+    TYPING_SHOWN_MS: TYPING_SHOWN_MS,
     isTip: isTip,
     el: el,
     safeUrl: safeUrl,
@@ -637,5 +785,8 @@
     messageBlock: messageBlock,
     tipBlock: tipBlock,
     messageList: messageList,
+    recallMenu: recallMenu,
+    recallErrorText: recallErrorText,
+    typingIndicator: typingIndicator,
   };
 })(window);
