@@ -29,6 +29,7 @@ from tornado.netutil import bind_sockets
 from tornado.process import fork_processes
 
 from handlers import ApiSettings, ChatHTTPServer, make_app, metrics_app
+from handlers.accepting import PausingHTTPServer
 from handlers.items import signed_links
 from leida_commands import (
     DEMO_DATABASE,
@@ -63,8 +64,12 @@ log = logging.getLogger("leida_chat")
 GIL_SWITCH_SECONDS = 0.001
 #: sockets and files the server holds besides its held requests (listeners, database, sends in flight)
 FILES_BESIDES_WAITERS = 256
-#: pending connections the kernel queues for us: thousands of pages reconnect at once after a restart
+#: pending connections the kernel queues for us: thousands of pages reconnect at once after a restart,
+#: and while descriptors run out, accepting pauses and connects wait here (handlers/accepting.py)
 LISTEN_BACKLOG = 4096
+#: server.max_unfinished_connections = 0 means the open-file limit divided by this: connections that have
+#: not sent a complete header never take more than a quarter of the descriptors
+UNFINISHED_SHARE_OF_FILES = 4
 #: how often the full garbage collection runs (CPython's own trigger is switched off: see below)
 FULL_COLLECTION_SECONDS = 600
 
@@ -96,6 +101,11 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def unfinished_connections_cap(setting: int, open_files: int) -> int:
+    """``server.max_unfinished_connections``, with 0 read as a share of the open-file limit."""
+    return setting or max(1, open_files // UNFINISHED_SHARE_OF_FILES)
 
 
 # -- serve --------------------------------------------------------------------
@@ -138,7 +148,7 @@ def listen_for_scrapes(metrics_config: dict[str, Any], worker: int | None = None
     Worker N of ``--processes`` listens on ``metrics.port + N`` (each worker's own
     figures: Prometheus sums them across the targets), or on a free port of its own when 0.
     """
-    metrics_server = HTTPServer(metrics_app())
+    metrics_server = PausingHTTPServer(metrics_app(), listener="metrics")
     host, port = metrics_config["host"], metrics_config["port"]
     if worker is not None and port:
         port += worker
@@ -163,8 +173,8 @@ def listen_for_the_crm(config: Config, store: ChatStore, media: Media, sockets: 
     keys = server_api_keys(config)
     app = make_server_api_app(store, media, keys, msg_max_chars=config["limits"]["msg_max_chars"],
                               access_log=config["log"]["access"])
-    server = HTTPServer(app, idle_connection_timeout=config["server"]["idle_connection_timeout"],
-                        body_timeout=config["server"]["body_timeout"])
+    server = PausingHTTPServer(app, idle_connection_timeout=config["server"]["idle_connection_timeout"],
+                               body_timeout=config["server"]["body_timeout"], listener="server_api")
     try:
         if sockets is None:
             server.listen(section["port"], section["host"])
@@ -229,9 +239,12 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
         sender = WebhookSender(store.outbox, webhooks)
     demo = config[""]["demo"]
     app = make_app(store, api_settings(config), access_log=config["log"]["access"], demo=demo, media=media)
+    max_unfinished = unfinished_connections_cap(server_config["max_unfinished_connections"], open_files)
     server = ChatHTTPServer(
         app,
         idle_connection_timeout=server_config["idle_connection_timeout"],
+        header_timeout=server_config["header_timeout"],
+        max_unfinished_connections=max_unfinished,
         max_header_size=server_config["max_header_bytes"],
         body_timeout=server_config["body_timeout"],
         trusted_proxies=comma_list(server_config["trusted_proxies"]),
@@ -263,8 +276,9 @@ async def serve(config: Config, sockets: list | None = None, worker: int | None 
         await store.close()
         raise
     log.info(
-        "%sleida-chat listening on http://%s:%d, database %s (open-file limit %d, %s loop)",
-        _worker_prefix(worker), server_config["host"], port, store.database.describe(), open_files,
+        "%sleida-chat listening on http://%s:%d, database %s (open-file limit %d, at most %d unfinished "
+        "connections, %s loop)",
+        _worker_prefix(worker), server_config["host"], port, store.database.describe(), open_files, max_unfinished,
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     if sender is not None:

@@ -37,6 +37,11 @@ DEFAULTS: Config = {
         "max_body_bytes": 64 * 1024,
         "max_header_bytes": 16 * 1024,
         "idle_connection_timeout": 120.0,
+        # seconds a request's whole header may take from its first byte (slow-header clients)
+        "header_timeout": 10.0,
+        # connections open without a complete request header; past it the oldest is closed. 0: a quarter
+        # of the open-file limit
+        "max_unfinished_connections": 0,
         "body_timeout": 30.0,
         "shutdown_grace_seconds": 5.0,
         "event_loop": "auto",
@@ -162,9 +167,11 @@ def check(config: Config) -> None:
         raise ConfigError("auth.max_skew_seconds must be 0 (off) or positive")
     if config["auth"]["account_cache_seconds"] < 0:
         raise ConfigError("auth.account_cache_seconds must be 0 (no cache) or positive")
-    for name in ("idle_connection_timeout", "body_timeout"):
+    for name in ("idle_connection_timeout", "header_timeout", "body_timeout"):
         if server[name] <= 0:  # a deadline of 0 or less would close every connection at once
             raise ConfigError(f"server.{name} must be positive")
+    if server["max_unfinished_connections"] < 0:
+        raise ConfigError("server.max_unfinished_connections must be 0 (a quarter of the open-file limit) or more")
     if server["shutdown_grace_seconds"] < 0:
         raise ConfigError("server.shutdown_grace_seconds must be 0 or positive")
     for name, value in [("server.max_body_bytes", server["max_body_bytes"]),

@@ -23,6 +23,18 @@ DELIVERY_LATENCY = Histogram(
     "From the COMMIT of a message to the end of writing the held getmsg answer that carries it",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
+# the server's edge (handlers/accepting.py, handlers/connections.py)
+OPEN_CONNECTIONS = Gauge("leida_open_connections", "Connections open right now, by listener (public, server_api, "
+                         "metrics)", ["listener"])
+UNFINISHED_CONNECTIONS = Gauge("leida_unfinished_connections", "Connections on the public port that have not sent "
+                               "a complete request header yet (server.max_unfinished_connections)")
+ACCEPT_PAUSES = Counter("leida_accept_paused", "Pauses of accepting because accept() found no file descriptor "
+                        "(EMFILE, ENFILE) or no kernel memory (ENOBUFS, ENOMEM)")
+CONNECTIONS_CLOSED = Counter("leida_connections_closed", "Connections the server closed while waiting for a "
+                             "request: reason = idle, header_timeout, unfinished_cap, body_timeout", ["reason"])
+CLOSED_REASONS = ("idle", "header_timeout", "unfinished_cap", "body_timeout")
+for _reason in CLOSED_REASONS:  # exported at 0 from the start, so a rate() has a baseline
+    CONNECTIONS_CLOSED.labels(reason=_reason)
 
 _request_counters: dict[tuple[str, int], Any] = {}
 
@@ -56,4 +68,5 @@ def _scrapes_are_not_logged(handler: RequestHandler) -> None:
     """A scrape every 15 s would be most of a quiet server's access log."""
 
 
-__all__ = ["DELIVERY_LATENCY", "count_error", "count_request", "metrics_app", "watch_held_requests"]
+__all__ = ["ACCEPT_PAUSES", "CONNECTIONS_CLOSED", "DELIVERY_LATENCY", "OPEN_CONNECTIONS", "UNFINISHED_CONNECTIONS",
+           "count_error", "count_request", "metrics_app", "watch_held_requests"]

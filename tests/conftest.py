@@ -259,14 +259,15 @@ def other_customer(io_loop, store: ChatStore) -> Account:
 
 @pytest.fixture
 def start_server(tmp_path: Path):
-    """``start_server(*args, env=None, cwd=tmp_path)``: a started ``leida_chat.py`` subprocess, killed at teardown."""
+    """``start_server(*args, env=None, cwd=tmp_path)``: a started ``leida_chat.py`` subprocess, killed at teardown
+    (``preexec_fn``: run in the child first, e.g. to lower its open-file limit)."""
     from live import Server
 
     servers: list[Server] = []
 
     def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-              wait: bool = True) -> Server:
-        server = Server(cwd or tmp_path, list(args), env, name=f"server{len(servers)}")
+              wait: bool = True, preexec_fn: Any = None) -> Server:
+        server = Server(cwd or tmp_path, list(args), env, name=f"server{len(servers)}", preexec_fn=preexec_fn)
         servers.append(server)
         return server.wait_started() if wait else server
 

@@ -108,15 +108,16 @@ class Server:
     """One ``leida_chat.py`` process; stdout and stderr go to one log file."""
 
     def __init__(self, cwd: Path, args: list[str], env: dict[str, str] | None, name: str,
-                 program: list[str] | None = None) -> None:
-        """``program`` runs instead of this checkout's leida_chat.py (an installed ``leida-chat``)."""
+                 program: list[str] | None = None, preexec_fn: Any = None) -> None:
+        """``program`` runs instead of this checkout's leida_chat.py (an installed ``leida-chat``);
+        ``preexec_fn`` runs in the child before it starts (e.g. a low open-file limit)."""
         self.cwd = cwd
         self.log_path = cwd / f"{name}.log"
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [*(program or [sys.executable, str(SCRIPT)]), *args],
             cwd=cwd, env=env if env is not None else clean_env(),
-            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
         )
         self.port: int | None = None
         self.metrics_port: int | None = None

@@ -162,7 +162,8 @@ def test_idle_and_slow_connections_are_closed_but_held_requests_are_not(tmp_path
     db = str(tmp_path / "chat.db")
     user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理")
     customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "小明")
-    server = start_server(*serve_args(tmp_path), env={"LEIDA_SERVER_IDLE_CONNECTION_TIMEOUT": "0.5"})
+    server = start_server(*serve_args(tmp_path), env={"LEIDA_SERVER_IDLE_CONNECTION_TIMEOUT": "0.5",
+                                                      "LEIDA_SERVER_HEADER_TIMEOUT": "0.5"})
 
     def closed_within(data: bytes) -> bytes:
         started = time.monotonic()
