@@ -500,7 +500,7 @@ class ChatStore:
         """Remove everything kept about a customer, and the account; how many of each went.
 
         The account is disabled first (its held requests answered, on every process), then its
-        messages go in batches of ``customer_data.ERASE_BATCH``, each its own transaction, so
+        messages go in batches sized by ``customer_data.Batches``, each its own transaction, so
         that sends keep committing in between; the last transaction takes the rest and the
         account. Files go from the media store once the records naming them are gone. Erasing
         a customer who is not there removes nothing and is no error.
@@ -508,10 +508,13 @@ class ChatStore:
         removed = dict.fromkeys(customer_data.ERASED, 0)
         if await self._run_script(customer_data.disable(customer_id, self._postgres)):
             self.account_changed("customer", customer_id)
+        batches = customer_data.Batches()
         while True:
-            batch = await self._run_script(customer_data.erase_messages(customer_id, customer_data.ERASE_BATCH))
+            size, started = batches.size, time.perf_counter()
+            batch = await self._run_script(customer_data.erase_messages(customer_id, size))
+            batches.took(time.perf_counter() - started)
             await self._forget_files(batch, removed, delete_files)
-            if batch.removed["messages"] < customer_data.ERASE_BATCH:
+            if batch.removed["messages"] < size:
                 break
         for attempt in range(customer_data.FINAL_ATTEMPTS):
             try:
