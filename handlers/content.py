@@ -35,6 +35,8 @@ ATTACHMENT_KEYS = ("url", "thumbnail_url", "content_type", "size", "width", "hei
 _TEXT_KEYS = ("msg", "product_name")
 _URL_KEYS = ("url", "product_cover_url")
 _SAFE_URL_SCHEMES = ("", "http", "https")
+#: keys only the server writes (a tombstone's and a recall notice's): a client's content may not pose as either
+SERVER_ONLY_KEYS = ("recalled", "recalled_id", "recalled_by", "typing")
 
 FIELD = "content"
 
@@ -66,6 +68,9 @@ def parse_content(
     except (OverflowError, ValueError):
         raise _invalid("content contains a number JSON cannot carry (NaN, Infinity or too large)") from None
 
+    for key in SERVER_ONLY_KEYS:
+        if key in content:
+            raise _invalid(f"content.{key} is the server's to write, never a client's", "reserved")
     info_type = info_type_number(content.get("info_type"))
     if info_type not in allowed_info_types:
         allowed = ", ".join(map(str, allowed_info_types))

@@ -14,6 +14,10 @@ first notice.
 """
 from __future__ import annotations
 
+import ujson
+
+from .outbox import Script
+
 #: the statements both backends run, in the send's transaction, for each (notice_id, recalled_id)
 EMPTY_RECALLED = "UPDATE message SET content = '{}', recalled_by = ? WHERE id = ? AND recalled_by IS NULL"
 DROP_RECALLED_ATTACHMENTS = "DELETE FROM attachment WHERE message_id = ?"
@@ -25,6 +29,29 @@ ATTACHMENT_FILES = "SELECT storage_key, thumbnail_key FROM attachment WHERE mess
 def notice_key(message_id: int) -> str:
     """The notice's idempotency key: one notice per recalled message, however often it is asked for."""
     return f"recall:{message_id}"
+
+
+#: what a webhook event's preview of a recalled message says instead of its text
+RECALLED_PREVIEW = "[已撤回]"
+
+
+def redact_previews(customer_id: int, user_id: int, message_id: int, since: float) -> Script[int]:
+    """Webhook events made since ``since`` whose preview is this message's lose its text (and its
+    picture's URLs): an event already delivered cannot be taken back, but the outbox keeps
+    nothing of the message. How many were changed."""
+    rows = yield ("SELECT id, body FROM webhook_event WHERE customer_id = ? AND user_id = ? AND created_at >= ?",
+                  (customer_id, user_id, since))
+    changed = 0
+    for event_id, body in rows:
+        event = ujson.loads(body)
+        data = event.get("data", {})
+        if data.get("message_ids", [None])[0] != message_id:
+            continue
+        data["preview"] = RECALLED_PREVIEW
+        data.pop("attachment", None)
+        yield ("UPDATE webhook_event SET body = ? WHERE id = ?", (ujson.dumps(event, ensure_ascii=False), event_id))
+        changed += 1
+    return changed
 
 
 class RecallRaced(RuntimeError):

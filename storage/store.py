@@ -27,7 +27,7 @@ import ujson
 from . import accounts, customer_data, media, recall, retention
 from .accounts import AccountCache
 from .metrics import MESSAGES_FROM_CUSTOMERS, MESSAGES_FROM_RADAR_USERS, count_error
-from .outbox import Outbox
+from .outbox import Outbox, message_time
 from .outgoing import Outgoing
 from .records import (
     CUSTOMER_FIELDS,
@@ -474,8 +474,10 @@ class ChatStore:
                                       recalls=message_id)
         except recall.RecallRaced:  # deleted (erasure, retention) between the check and the transaction
             raise RecallRefused(message_id, "not_yours", "no message of yours in this conversation has this id") from None
-        if files and not receipt.duplicate:
-            await delete_files(files)
+        if not receipt.duplicate:
+            await self._run_script(recall.redact_previews(customer_id, user_id, message_id, message_time(row[3]) - 1))
+            if files:
+                await delete_files(files)
         return receipt
 
     def typing(self, customer_id: int, user_id: int, side: Side) -> None:

@@ -181,3 +181,11 @@ async def test_ten_typing_posts_in_a_second_wake_the_peer_once(api, customer, ra
         await asyncio.sleep(0.05)
     await poller
     assert woken == [{"customer_id": customer.id, "user_id": radar_user.id, "side": "radar_user"}]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_clients_content_cannot_pose_as_a_tombstone_or_a_notice(api, customer, radar_user):
+    for key, value in (("recalled", True), ("recalled_id", 1), ("recalled_by", "radar_user"), ("typing", {})):
+        answer = await api.customer_send(customer, radar_user.id, {"info_type": 1, "msg": "hi", key: value})
+        assert answer["code"] == 402 and answer["data"]["content"][0]["code"] == "reserved", answer
+        assert key in answer["data"]["content"][0]["message"]

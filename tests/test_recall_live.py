@@ -12,7 +12,7 @@ import pytest
 from test_webhooks import ARRIVAL, matches_the_documented_schema, quiet_for, receiver, secret, sent_id, webhook_env  # noqa: F401
 
 from conftest import Account, text
-from live import CUSTOMER, RADAR, Server, accounts, clean_env, serve_args
+from live import CUSTOMER, RADAR, Server, accounts, clean_env, query, serve_args
 
 #: how long a customer's message stays unread before its event: long enough for the test's
 #: sends and recalls (a few milliseconds each) to be made well before it
@@ -79,6 +79,10 @@ def test_a_webhook_already_sent_is_not_taken_back_and_a_later_recall_raises_noth
     recall(server, customer, user.id, message_id)  # within the window, after the event
     quiet_for(receiver, 1, UNREAD_AFTER + 1.0)
     assert server.radar_unread(user)["data"]["chatinfo_count"] == 0
+    # the outbox keeps nothing of the text: the stored event's preview says it was recalled
+    (body,) = [row[0] for row in query(database if "://" in database else str(tmp_path / database),
+                                       "SELECT body FROM webhook_event")]
+    assert "发错人了" not in body and "[已撤回]" in body
 
 
 # -- two processes on PostgreSQL ------------------------------------------------------------
