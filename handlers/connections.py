@@ -49,6 +49,7 @@ import asyncio
 import ipaddress
 import logging
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -196,7 +197,9 @@ class WaitingLine:
     def __init__(self, seconds: float | None, overdue: Callable[[RequestDeadlines], None] | None = None) -> None:
         self.seconds = seconds
         self._overdue = overdue
-        self._due: dict[RequestDeadlines, float] = {}
+        # an OrderedDict: its front is found at once, where a dict's is found past every entry
+        # deleted since it last grew (a line is left at the front most of the time)
+        self._due: OrderedDict[RequestDeadlines, float] = OrderedDict()
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:

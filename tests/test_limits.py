@@ -138,11 +138,11 @@ def raw_exchange(port: int, data: bytes, read_timeout: float) -> bytes:
 
 
 def test_slow_bodies_and_huge_headers_are_cut_off(tmp_path, start_server):
-    from live import cli_account, serve_args
+    from live import clean_env, cli_account, serve_args
 
     customer = cli_account(tmp_path, "add-customer", "--db", str(tmp_path / "chat.db"), "--name", "小明")
-    server = start_server(*serve_args(tmp_path), env={"LEIDA_SERVER_BODY_TIMEOUT": "0.5",
-                                                      "LEIDA_SERVER_MAX_HEADER_BYTES": "4096"})
+    server = start_server(*serve_args(tmp_path), env=clean_env(LEIDA_SERVER_BODY_TIMEOUT="0.5",
+                                                                LEIDA_SERVER_MAX_HEADER_BYTES="4096"))
     # signed, so that the server accepts the headers and waits for the rest of the body
     path = f"/zhugeleida/gongzhonghao/chat/send_msg/0?{urlencode(sign(customer))}".encode()
     started = time.monotonic()
@@ -157,13 +157,13 @@ def test_slow_bodies_and_huge_headers_are_cut_off(tmp_path, start_server):
 
 
 def test_idle_and_slow_connections_are_closed_but_held_requests_are_not(tmp_path, start_server):
-    from live import cli_account, serve_args
+    from live import clean_env, cli_account, serve_args
 
     db = str(tmp_path / "chat.db")
     user = cli_account(tmp_path, "add-user", "--db", db, "--name", "王经理")
     customer = cli_account(tmp_path, "add-customer", "--db", db, "--name", "小明")
-    server = start_server(*serve_args(tmp_path), env={"LEIDA_SERVER_IDLE_CONNECTION_TIMEOUT": "0.5",
-                                                      "LEIDA_SERVER_HEADER_TIMEOUT": "0.5"})
+    server = start_server(*serve_args(tmp_path), env=clean_env(LEIDA_SERVER_IDLE_CONNECTION_TIMEOUT="0.5",
+                                                                LEIDA_SERVER_HEADER_TIMEOUT="0.5"))
 
     def closed_within(data: bytes) -> bytes:
         started = time.monotonic()
