@@ -17,7 +17,8 @@ Phases, the load running through all of them:
 1. **before**: ``--before-seconds`` of the load alone;
 2. **export**: ``GET /api/v1/customers/1/export`` (the first big customer),
    streamed to the client and counted (and checked: every message in it); the
-   server's VmRSS sampled every 10 ms;
+   server's VmRSS sampled every 10 ms, and the sends due while it streamed
+   (the export paces itself: ``storage.customer_data.pace``);
 3. **erase 1..N**: ``DELETE /api/v1/customers/{id}`` of each big customer in
    turn, ``--pause-seconds`` apart;
 4. **after**: ``--before-seconds`` of the load alone again.
@@ -32,20 +33,29 @@ delivery is timed from that same moment to its held getmsg's answer. The
 longest writer pause shows as the longest send; the metrics give the longest
 transaction by histogram bucket.
 
-With ``--compare-batch N[,N...]`` (default 5000; 0 for none) the whole run is
-made again for each N, on a fresh database, with a server whose
-``storage.customer_data.ERASE_BATCH`` is N, set by this bench in the server
-process before ``leida_chat.py`` runs (production code has no such setting):
-the erase in other transaction sizes, side by side. A batch's ids are one
-statement's parameters, so N stays under 32,000 (SQLite takes 32,766, asyncpg
-32,767).
+The main run is the erase as shipped: ``storage.customer_data.Batches`` sizes
+each batch (from FIRST_BATCH, doubled while a transaction takes under half of
+BATCH_TARGET_SECONDS, halved while it takes over twice that). The server is
+started through a few lines of this bench (``SERVER_ENTRY``) that wrap
+``Batches.took`` to append each batch's size and time, as ``Batches`` saw it
+(from handing the batch to the writer to its commit), to a file of the run;
+so the sizes the erase settled on are reported per erasure. Production code
+logs nothing of the kind.
 
-A default run takes about 2 minutes on SQLite and 3 on PostgreSQL (3 and 4.5
-with ``--compare-batch 100,5000``).
+With ``--compare-batch N[,N...]`` (default 500, the size fixed before
+``Batches``; 0 for none) the whole run is made again for each N, on a fresh
+database, without the export, with a server whose FIRST_BATCH, SMALLEST_BATCH
+and LARGEST_BATCH are all N, set by those same lines in the server process
+before ``leida_chat.py`` runs (production code has no such setting): a fixed
+transaction size, side by side. A batch's ids are one statement's
+parameters, so N stays under 32,000 (SQLite takes 32,766, asyncpg 32,767).
+
+A default run takes about 2 minutes on SQLite and 3 to 5 on PostgreSQL, where
+the adaptive erase takes 8 to 50 s per customer (bench/README.md, "Erasure").
 
     python bench/erasure.py                          # SQLite, synchronous = FULL
     python bench/erasure.py --backend postgresql     # a throwaway durable cluster
-    python bench/erasure.py --compare-batch 100,5000  # smaller and bigger transactions too
+    python bench/erasure.py --compare-batch 100,500,5000  # fixed sizes beside the adaptive one
     python bench/erasure.py --messages 20000 --rounds 1 --compare-batch 0   # a quick look
 """
 from __future__ import annotations
@@ -88,7 +98,7 @@ from harness import (  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from storage import FROM_CUSTOMER, FROM_RADAR_USER, ChatStore  # noqa: E402
-from storage.customer_data import ERASE_BATCH  # noqa: E402
+from storage.customer_data import BATCH_TARGET_SECONDS, FIRST_BATCH  # noqa: E402
 
 RADAR_GETMSG = "/zhugeleida/qiyeweixin/chat/getmsg/0"
 SEND_BODY = "u_id={}&content=%7B%22info_type%22%3A1%2C%22msg%22%3A%22during%20the%20erasure%22%7D"
@@ -103,9 +113,26 @@ SEED_CHUNK = 5000
 #: a send or delivery slower than this stalls the chat (the issue's "a few tens of milliseconds")
 STALL_MS = 50.0
 COMMIT_METRIC = "leida_commit_duration_seconds"
-#: the server process, with storage.customer_data.ERASE_BATCH changed before leida_chat.py runs (bench only)
-BATCH_ENTRY = ("import runpy, sys; sys.path.insert(0, {root!r}); import storage.customer_data as data; "
-               "data.ERASE_BATCH = {batch}; sys.argv[0] = {script!r}; runpy.run_path({script!r}, run_name='__main__')")
+#: the server process (bench only): every erasure batch's size and time appended to ``record`` as
+#: Batches sees them, a line "erasure" where an erasure begins; with ``batch``, every batch that size
+SERVER_ENTRY = """
+import runpy, sys
+sys.path.insert(0, {root!r})
+import storage.customer_data as data
+if {batch}:
+    data.FIRST_BATCH = data.SMALLEST_BATCH = data.LARGEST_BATCH = {batch}
+record = open({record!r}, "a", buffering=1)
+init, took = data.Batches.__init__, data.Batches.took
+def started(self):
+    record.write("erasure\\n")
+    init(self)
+def recorded(self, seconds):
+    record.write(f"{{self.size}} {{seconds:.6f}}\\n")
+    took(self, seconds)
+data.Batches.__init__, data.Batches.took = started, recorded
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name="__main__")
+"""
 
 
 # -- seeding ------------------------------------------------------------------------
@@ -228,6 +255,43 @@ def commit_delta(before: dict[str, float], after: dict[str, float]) -> dict[str,
     return {"commits": int(count), "commit_ms_mean": round(1000 * total / count, 2) if count else None,
             "commits_over_20ms": int(count - bucket("0.02")), "commits_over_50ms": int(count - bucket("0.05")),
             "longest_commit": longest}
+
+
+def read_batches(record: Path) -> list[list[tuple[int, float]]]:
+    """Each erasure's batches, (size, seconds) as ``Batches.took`` saw them, from SERVER_ENTRY's file."""
+    erasures: list[list[tuple[int, float]]] = []
+    for line in record.read_text().splitlines() if record.exists() else []:
+        if line == "erasure":
+            erasures.append([])
+        elif line and erasures:
+            size, seconds = line.split()
+            erasures[-1].append((int(size), float(seconds)))
+    return erasures
+
+
+def batch_figures(batches: list[tuple[int, float]]) -> dict[str, Any]:
+    """How the erase sized its batches: how many, the sizes by count (in the order first used; the
+    last batch, short or empty, included), and their times as Batches measured them, overall and by
+    size (with how many fell under half of BATCH_TARGET_SECONDS and over twice it)."""
+    sizes: dict[int, int] = {}
+    for size, _ in batches:
+        sizes[size] = sizes.get(size, 0) + 1
+    times = sorted(1000 * seconds for _, seconds in batches)
+    low, high = 500 * BATCH_TARGET_SECONDS, 2000 * BATCH_TARGET_SECONDS  # Batches doubles under, halves over
+
+    def by_size(size: int) -> str:
+        """One size's batches: how many, their p50, and how many went under and over the band."""
+        these = sorted(1000 * seconds for each, seconds in batches if each == size)
+        return (f"{size}: {len(these)}, p50 {percentile(these, 0.5):.1f} ms, {sum(ms < low for ms in these)} < {low:g},"
+                f" {sum(ms > high for ms in these)} > {high:g}")
+
+    return {"batches": len(batches),
+            "batch_sizes": " ".join(f"{size}x{count}" for size, count in sizes.items()) or "-",
+            "batch_size_median": sorted(size for size, _ in batches)[len(batches) // 2] if batches else None,
+            "batch_ms_p50": round(percentile(times, 0.5), 1) if times else None,
+            "batch_ms_max": round(times[-1], 1) if times else None,
+            f"batches_over_{high:g}ms": sum(1 for ms in times if ms > high),
+            "batch_ms_by_size": "; ".join(by_size(size) for size in sorted(sizes))}
 
 
 def machine_busy_seconds() -> float:
@@ -392,21 +456,24 @@ def count_exported(document: bytes) -> tuple[int, int]:
 
 
 async def run_one(args: argparse.Namespace, batch: int, export: bool) -> dict[str, Any]:
+    """One run on a fresh database; ``batch`` 0 erases as shipped (Batches), else in batches of that size."""
     secret = secrets.token_urlsafe(24)
     api_port, metrics_port = free_port(), free_port()
     env = {"LEIDA_SERVER_API_PORT": str(api_port), "LEIDA_SERVER_API_KEYS": f"bench:{secret}",
            "LEIDA_METRICS_PORT": str(metrics_port)}
-    entry = None
-    if batch != ERASE_BATCH:
-        script = str(ROOT / "leida_chat.py")
-        entry = [args.python, "-c", BATCH_ENTRY.format(root=str(ROOT), batch=batch, script=script)]
+    script = str(ROOT / "leida_chat.py")
     server = ChatServer(users=RADAR_USERS, customers=args.rounds + OTHER_CUSTOMERS, env=env, python=args.python,
-                        backend=args.backend, entry=entry)
+                        backend=args.backend)
+    record = server.dir / "batches.txt"
+    server.entry = [args.python, "-c", SERVER_ENTRY.format(root=str(ROOT), batch=batch, record=str(record),
+                                                            script=script)]
     server.env["LEIDA_MEDIA_DIRECTORY"] = str(server.dir / "media")  # uploads.finish deletes it
     customers = sorted(server.customers.items())
     big = [cid for cid, _ in customers[:args.rounds]]
     others = customers[args.rounds:]
-    out: dict[str, Any] = {"backend": args.backend, "erase_batch": batch, "loadavg_start": loadavg()}
+    out: dict[str, Any] = {"backend": args.backend,
+                           "erase_batch": batch or f"adaptive (from {FIRST_BATCH}, about {1000 * BATCH_TARGET_SECONDS:g} ms)",
+                           "loadavg_start": loadavg()}
     phases: dict[str, dict[str, Any]] = {}
     windows: dict[str, tuple[float, float]] = {}
     erasures: list[dict[str, Any]] = []
@@ -475,9 +542,7 @@ async def run_one(args: argparse.Namespace, batch: int, export: bool) -> dict[st
             if answer.status != 200 or removed.get("messages") != args.messages:
                 problems.append(f"erase of {customer_id}: {answer.status} {answer.body[:300]!r}")
             erasures.append({"erase_seconds": round(answer.seconds, 2), "messages_erased": removed.get("messages"),
-                             "idempotency_keys_erased": removed.get("idempotency_keys"),
-                             # disabling, the batches (the last one short or empty), the rest with the account
-                             "transactions_of_the_erase": args.messages // batch + 3})
+                             "idempotency_keys_erased": removed.get("idempotency_keys")})
         await asyncio.sleep(args.pause_seconds)
         await phase("after", asyncio.sleep(args.before_seconds))
         await chat.stop()
@@ -485,6 +550,7 @@ async def run_one(args: argparse.Namespace, batch: int, export: bool) -> dict[st
         if autovacuum is not None:
             await autovacuum.stop()
         problems += finish(server)
+        recorded = read_batches(record)
         if args.backend == "postgresql":  # its dead rows are not vacuumed beside the next run
             name = server.db.rsplit("/", 1)[1]
             postgres_cluster().run("dropdb", "-h", "127.0.0.1", "-p", str(postgres_cluster().port), "-U", "postgres",
@@ -494,11 +560,21 @@ async def run_one(args: argparse.Namespace, batch: int, export: bool) -> dict[st
     out["phases"] = {name: {"seconds": figures.pop("seconds"), **chat.figures(*windows[name]), **figures,
                             **(autovacuum.during(*windows[name]) if autovacuum is not None else {})}
                      for name, figures in phases.items()}
+    if len(recorded) != len(erasures):
+        problems.append(f"{len(recorded)} erasures recorded by the server for {len(erasures)} made")
+    for erasure, batches in zip(erasures, recorded, strict=False):
+        # disabling, the batches (the last one short or empty), the rest with the account
+        erasure.update(transactions_of_the_erase=len(batches) + 2, **batch_figures(batches))
     out["erasures"] = erasures
     during = [figures for name, figures in out["phases"].items() if name.startswith("erase")]
     out["during_erase"] = {"sends": sum(figures["sends"] for figures in during),
                            "send_ms_max": max(figures["send_ms_max"] or 0 for figures in during),
                            "delivery_ms_max": max(figures["delivery_ms_max"] or 0 for figures in during)}
+    if "export" in out["phases"]:
+        figures = out["phases"]["export"]
+        out.update({f"export_{name}": figures[name] for name in (
+            "sends", "send_ms_p50", "send_ms_p99", "send_ms_max", f"sends_over_{STALL_MS:g}ms", "delivery_ms_max",
+            "commits", "others_cpu_percent")})
     out["bad_getmsg_answers"] = chat.bad_getmsg
     out["undelivered"] = len(chat.pending)
     if document:
@@ -512,7 +588,7 @@ async def run_one(args: argparse.Namespace, batch: int, export: bool) -> dict[st
 
 def report(runs: list[dict[str, Any]]) -> None:
     for run in runs:
-        head = f"{run['backend']}, ERASE_BATCH {run['erase_batch']}"
+        head = f"{run['backend']}, batches {run['erase_batch']}"
         print_table(f"{head}: seeding, export, erasures", [
             *((name, value) for name, value in run.items() if not isinstance(value, (dict, list))),
             *((f"erase {index + 1}: {name}", value) for index, erasure in enumerate(run["erasures"])
@@ -529,7 +605,7 @@ def report(runs: list[dict[str, Any]]) -> None:
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     raise_open_file_limit()
-    runs = [await run_one(args, ERASE_BATCH, export=not args.no_export)]
+    runs = [await run_one(args, 0, export=not args.no_export)]
     for batch in args.compare_batch:
         runs.append(await run_one(args, batch, export=False))
     return runs
@@ -537,12 +613,12 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def batch_sizes(text: str) -> list[int]:
     """``--compare-batch``: comma-separated sizes, 1 to 32,000 each (a batch's ids are one statement's
-    parameters), other than ERASE_BATCH itself; 0 for none."""
+    parameters); 0 for none."""
     sizes = [int(part) for part in text.split(",") if part.strip()]
     if sizes == [0]:
         return []
-    if not all(0 < size <= 32_000 and size != ERASE_BATCH for size in sizes):
-        raise argparse.ArgumentTypeError(f"sizes from 1 to 32,000, other than ERASE_BATCH ({ERASE_BATCH})")
+    if not sizes or not all(0 < size <= 32_000 for size in sizes):
+        raise argparse.ArgumentTypeError("sizes from 1 to 32,000 (0 alone: no comparison)")
     return sizes
 
 
@@ -555,8 +631,9 @@ def main() -> None:
     parser.add_argument("--pause-seconds", type=float, default=3, help="the load alone between phases")
     parser.add_argument("--settle-seconds", type=float, default=2, help="after holding the getmsg requests")
     parser.add_argument("--wait", type=float, default=50, help="the held getmsg's wait parameter")
-    parser.add_argument("--compare-batch", type=batch_sizes, default=[5000], metavar="N[,N...]",
-                        help="run again with each ERASE_BATCH, set in the server process (0: no comparison)")
+    parser.add_argument("--compare-batch", type=batch_sizes, default=[500], metavar="N[,N...]",
+                        help="run again with every batch of N messages, set in the server process"
+                             " (default 500, the size fixed before Batches; 0: no comparison)")
     parser.add_argument("--no-export", action="store_true", help="skip the export")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the server")
     add_backend_arguments(parser)
