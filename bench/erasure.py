@@ -34,8 +34,8 @@ longest writer pause shows as the longest send; the metrics give the longest
 transaction by histogram bucket.
 
 The main run is the erase as shipped: ``storage.customer_data.Batches`` sizes
-each batch (from FIRST_BATCH, doubled while a transaction takes under half of
-BATCH_TARGET_SECONDS, halved while it takes over twice that). The server is
+each batch (from FIRST_BATCH, doubled while a transaction takes under
+BATCH_TARGET_SECONDS, halved while it takes over four times that). The server is
 started through a few lines of this bench (``SERVER_ENTRY``) that wrap
 ``Batches.took`` to append each batch's size and time, as ``Batches`` saw it
 (from handing the batch to the writer to its commit), to a file of the run;
