@@ -42,7 +42,7 @@ from .records import FROM_CUSTOMER, FROM_RADAR_USER, HAS_THUMBNAIL, AttachmentLi
 #: how long one erasing (or retention) transaction should take: what a send may wait behind it
 BATCH_TARGET_SECONDS = 0.01
 #: the first batch, and the bounds every later one stays within
-FIRST_BATCH, SMALLEST_BATCH, LARGEST_BATCH = 200, 20, 2000
+FIRST_BATCH, SMALLEST_BATCH, LARGEST_BATCH = 200, 20, 800
 #: the last transaction is tried again if a send of the customer's opened a conversation meanwhile
 FINAL_ATTEMPTS = 3
 #: what an erasure counts, in the order its answer lists them
@@ -75,7 +75,7 @@ class Batches:
     under BATCH_TARGET_SECONDS, halved only past four times that. A PostgreSQL transaction
     costs about 10 ms however small (round trips, the commit's fsync), so a tighter band
     only ever shrank its batches, to 20 rows and 48 s per 100,000 messages; this one
-    settles near 800 rows on SQLite and 200 on PostgreSQL here, and still backs off
+    settles at 800 rows (the cap) on SQLite and 40-200 on PostgreSQL here, and backs off
     from a slower disk or a busier database without a setting (bench/README.md, "Erasure")."""
 
     def __init__(self) -> None:
